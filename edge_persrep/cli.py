@@ -1,0 +1,220 @@
+"""`edge-persrep` console script. Runtime commands (enroll, find, retrieve, info) import no torch.
+
+Exit codes: 0 success; 2 a user-actionable error (one line naming the file and the fix; --debug
+shows the traceback); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .runtime.errors import EdgePersrepError
+
+
+def _add_personalize(sub) -> None:
+    p = sub.add_parser("personalize", help="photos of one object -> personalized bundle (server side, torch)")
+    p.add_argument("images", nargs="+", help="photos of the object, or a folder of them")
+    p.add_argument("--name", required=True, help="what to call the object")
+    p.add_argument("--category", required=True, help="its category, e.g. dog, mug, sneaker")
+    p.add_argument("--out", required=True, type=Path, help="run directory (resumable; bundle in OUT/bundle)")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors or state dict)")
+    p.add_argument("--synth", default="augment", help="augment | cutpaste")
+    p.add_argument("--negatives", type=Path, action="append", default=[],
+                   help="folder of photos of other objects of the same category (repeatable)")
+    p.add_argument("--others", type=Path, help="a bundle whose enrolled objects serve as negatives")
+    p.add_argument("--masks", type=Path, help="folder of object masks named like the photos (cutpaste)")
+    p.add_argument("--backgrounds", type=Path, help="folder of background photos for cutpaste")
+    p.add_argument("--preset", default="quick", help="quick (CPU, minutes) | paper (the paper's recipe)")
+    p.add_argument("--steps", type=int, help="override the preset's number of training steps")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="write into a non-empty directory that is not a run")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="a run (or a pretrained backbone) -> bundle")
+    p.add_argument("run_dir", nargs="?", type=Path, help="run directory made by `personalize`")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--backbone", help="with --pretrained: the backbone to export")
+    p.add_argument("--pretrained", action="store_true", help="export the un-personalized backbone")
+    p.add_argument("--weights", type=Path, help="local backbone weights for --pretrained")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty directory that is not a bundle")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-persrep", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_personalize(sub)
+    _add_export(sub)
+    p = sub.add_parser("enroll", help="add an object to a bundle from its photos (runtime only)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--name", required=True)
+    p.add_argument("--category", default="")
+    p.add_argument("--negatives", type=Path, action="append", default=[], help="photos to calibrate the threshold")
+    p = sub.add_parser("find", help="look for the enrolled objects in photos (runtime only)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--task", default="all", choices=["classify", "detect", "segment", "all"])
+    p.add_argument("--name", action="append", help="only these objects (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    p.add_argument("--overlays", type=Path, help="write box/mask overlays (and mask PNGs) here")
+    p = sub.add_parser("retrieve", help="rank a folder of photos by how strongly they show an object")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("gallery", nargs="+")
+    p.add_argument("--name", required=True)
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("info", help="what a bundle holds, and whether its checks pass")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("bench", help="median latency: torch eager vs ORT, and each runtime task")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--images", nargs="+", help="photos to time on (default: the bundled examples)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads for both engines (0 = default)")
+    p.add_argument("--out", type=Path, default=Path("bench.json"))
+    return parser
+
+
+def cmd_personalize(args) -> None:
+    from .pipeline import personalize
+
+    bundle = personalize(args.images, args.name, args.category, args.out, backbone=args.backbone,
+                         synth_method=args.synth, negatives=args.negatives, masks=args.masks,
+                         backgrounds=args.backgrounds, others=args.others, preset=args.preset, device=args.device,
+                         seed=args.seed, weights=args.weights, steps=args.steps, force=args.force)
+    print(f"personalized '{args.name}': bundle at {bundle}")
+
+
+def cmd_export(args) -> None:
+    from .pipeline import export_pretrained, export_run
+
+    if args.pretrained:
+        if not args.backbone:
+            raise EdgePersrepError("export --pretrained needs --backbone NAME")
+        out = export_pretrained(args.backbone, args.out, weights=args.weights, force=args.force)
+    elif args.run_dir is not None:
+        out = export_run(args.run_dir, args.out, force=args.force)
+    else:
+        raise EdgePersrepError("export: give a RUN_DIR, or --backbone NAME --pretrained")
+    print(f"bundle at {out}")
+
+
+def cmd_enroll(args) -> None:
+    from .runtime import Finder, list_images
+
+    finder = Finder.open(args.bundle)
+    negatives = list_images(args.negatives) if args.negatives else []
+    p = finder.enroll(args.name, list_images(args.images), category=args.category, negatives=negatives)
+    print(f"enrolled '{p.name}' from {len(p.embeddings)} photos (threshold {p.threshold:.3f}) into {args.bundle}")
+
+
+def cmd_find(args) -> None:
+    from PIL import Image
+
+    from .runtime import Finder, list_images, load_image
+    from .runtime.finder import overlay
+
+    finder = Finder.open(args.bundle)
+    if args.overlays:
+        args.overlays.mkdir(parents=True, exist_ok=True)
+    for path in list_images(args.images):
+        photo = load_image(path)
+        (features,) = finder.embed([photo])
+        results = []
+        for m in finder.find(features, task=args.task, names=args.name):
+            mask_path = None
+            if args.overlays and m.mask is not None:
+                stem = f"{path.stem}.{m.name}"
+                mask_path = args.overlays / f"{stem}.mask.png"
+                Image.fromarray(m.mask.astype("uint8") * 255).save(mask_path)
+                overlay(photo, m, args.overlays / f"{stem}.overlay.jpg")
+            results.append({"name": m.name, "score": round(m.score, 4), "present": m.present,
+                            "box": list(m.box) if (m.box is not None and m.present) else None,
+                            "box_score": None if m.box_score is None else round(m.box_score, 4),
+                            "mask": str(mask_path) if (mask_path and m.present) else None})
+        if args.json:
+            print(json.dumps({"image": str(path), "results": results}), flush=True)
+        else:
+            for r in results:
+                where = f" box={r['box']}" if r["box"] else ""
+                print(f"{path}\t{r['name']}\tscore={r['score']:.3f}\t{'PRESENT' if r['present'] else 'absent'}{where}")
+
+
+def cmd_retrieve(args) -> None:
+    from .runtime import Finder, list_images
+
+    finder = Finder.open(args.bundle)
+    paths = list_images(args.gallery)
+    ranked = finder.retrieve(args.name, finder.embed(paths), top=args.top)
+    for rank, (i, score) in enumerate(ranked, 1):
+        if args.json:
+            print(json.dumps({"rank": rank, "image": str(paths[i]), "score": round(score, 4)}))
+        else:
+            print(f"{rank}\t{score:.3f}\t{paths[i]}")
+
+
+def cmd_info(args) -> None:
+    from .runtime import Bundle, PrototypeStore
+
+    bundle = Bundle.load(args.bundle)  # verifies checksums
+    store = PrototypeStore.load(bundle.store_path, bundle.model_sha256) if bundle.store_path.exists() else None
+    m = bundle.manifest
+    info = {"bundle": str(args.bundle), "format_version": m["format_version"], "backbone": m["backbone"],
+            "input": {k: m["input"][k] for k in ("size", "dtype", "layout", "color")}, "outputs": m["outputs"],
+            "model_bytes": bundle.model_path.stat().st_size, "checksums": "ok",
+            "export_check": m.get("export_check"), "training": m.get("training"),
+            "objects": [{"name": p.name, "category": p.category, "references": len(p.embeddings),
+                         "threshold": round(p.threshold, 4)} for p in (store.objects.values() if store else [])]}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"bundle {args.bundle}: format {info['format_version']}, backbone {m['backbone']['name']}, "
+          f"input {info['input']['size']}px {info['input']['dtype']} {info['input']['layout']}")
+    print(f"  model.onnx {info['model_bytes'] / 1e6:.1f} MB, checksums ok; export check {info['export_check']}")
+    print(f"  embedding dim {m['outputs']['embedding']['dim']}, patch grid "
+          f"{m['outputs']['patch_grid']['height']}x{m['outputs']['patch_grid']['width']}x{m['outputs']['patch_grid']['dim']}")
+    for o in info["objects"]:
+        print(f"  object '{o['name']}' ({o['category'] or 'no category'}): {o['references']} photos, threshold {o['threshold']}")
+    if not info["objects"]:
+        print("  no objects enrolled")
+
+
+def cmd_bench(args) -> None:
+    from .eval.bench import run_bench
+
+    run_bench(args.backbone, args.images, args.repeats, args.threads, args.out)
+
+
+COMMANDS = {"personalize": cmd_personalize, "export": cmd_export, "enroll": cmd_enroll, "find": cmd_find,
+            "retrieve": cmd_retrieve, "info": cmd_info, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except EdgePersrepError as exc:
+        if args.debug:
+            raise
+        print(f"edge-persrep: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edge-persrep: interrupted", file=sys.stderr)
+        return 130
+    except PermissionError as exc:
+        if args.debug:
+            raise
+        print(f"edge-persrep: error: {exc.filename}: permission denied; choose a writable location", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

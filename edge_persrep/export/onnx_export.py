@@ -1,0 +1,81 @@
+"""Export a (merged) backbone to ONNX with preprocessing inside the graph, and prove it matches torch.
+
+Choices, with reasons:
+- `torch.onnx.export(dynamo=False)`, opset 17: the TorchScript exporter takes about 1 s for Lite0
+  and its graphs load in every onnxruntime and converter we target; optimum's exporter pins old
+  transformers/diffusers, so we do not use it.
+- Input `image`: uint8 [N, S, S, 3], RGB, at one fixed S (the registry's export size; position
+  embeddings of ViTs are computed at S, so no interpolation op is left in the graph). uint8 NHWC is
+  what camera and decoder buffers hold; /255, mean and std are folded in, so no app re-implements them.
+- Outputs: `embedding` [N, D] and `patch_grid` [N, h, w, C], both L2-normalised (a cosine is a dot
+  product at run time). The batch axis is dynamic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..runtime.errors import EdgePersrepError
+from ..server_side.backbones import Backbone
+
+OPSET = 17
+MIN_COSINE = 0.9999
+
+
+class ExportError(EdgePersrepError):
+    """The exported graph does not reproduce the torch model."""
+
+
+class ExportWrapper(nn.Module):
+    """uint8 NHWC RGB -> (unit embedding, unit patch grid); normalisation lives here, not in the model."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+        pre = backbone.spec.preprocess
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(pre.std).view(1, 3, 1, 1)))
+        self.register_buffer("offset", (torch.tensor(pre.mean) / torch.tensor(pre.std)).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = image.permute(0, 3, 1, 2).float() * self.scale - self.offset
+        embedding, grid = self.backbone(x)
+        return F.normalize(embedding, dim=1), F.normalize(grid, dim=-1)
+
+
+def unit_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of unit (or all-zero) vectors along the last axis; two zero vectors agree (cosine 1):
+    a ReLU network can output an all-zero patch, which normalisation leaves at zero."""
+    both_zero = (np.linalg.norm(a, axis=-1) < 1e-6) & (np.linalg.norm(b, axis=-1) < 1e-6)
+    return np.where(both_zero, 1.0, np.sum(a * b, axis=-1))
+
+
+def export_onnx(backbone: Backbone, path: Path, size: int, check_images: np.ndarray) -> dict:
+    """Write `path`; return the measured agreement with torch on `check_images` (uint8 [N,S,S,3]) and
+    the per-image output shapes ([D], [h, w, C]). Raise ExportError if the minimum cosine of either
+    output is below MIN_COSINE."""
+    wrapper = ExportWrapper(backbone).eval()
+    dummy = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+            input_names=["image"], output_names=["embedding", "patch_grid"],
+            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "patch_grid": {0: "batch"}},
+        )
+        ref_embedding, ref_grid = (t.numpy() for t in wrapper(torch.from_numpy(check_images)))
+    from ..runtime.bundle import make_session
+
+    embedding, grid = make_session(path, ["CPUExecutionProvider"]).run(["embedding", "patch_grid"], {"image": check_images})
+    check = {
+        "images": int(len(check_images)),
+        "min_cosine_embedding": float(np.min(unit_cosines(embedding, ref_embedding))),
+        "min_cosine_patch_grid": float(np.min(unit_cosines(grid, ref_grid))),
+        "max_abs_diff_embedding": float(np.max(np.abs(embedding - ref_embedding))),
+    }
+    if min(check["min_cosine_embedding"], check["min_cosine_patch_grid"]) < MIN_COSINE:
+        raise ExportError(f"{path}: onnxruntime output differs from torch ({check}); not shipping it")
+    return check, embedding.shape[1:], grid.shape[1:]

@@ -1,0 +1,172 @@
+"""`personalize`: photos -> synthetic data -> contrastive LoRA -> merged ONNX bundle -> enrolled object.
+
+A run directory records how it was made and lets a rerun resume:
+    run.json        what was asked (name, category, backbone, synth, preset, seed) + versions + timings
+    photos/         the reference photos (copies, downscaled) and negatives/ the negatives
+    synth/          the generator's positives and manifest (resumes image by image)
+    train/          adapter/ (peft LoRA, safetensors), loss.json, summary.json (skipped if present)
+    bundle/         the exported bundle with NAME enrolled
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from .export.bundle_writer import prepare_output_dir, versions, write_bundle
+from .runtime.errors import EdgePersrepError
+from .runtime.files import atomic_write_json, sha256_file
+from .runtime.finder import Finder, stored_photos
+from .runtime.images import list_images, load_image
+from .server_side import synth
+from .server_side.backbones import create_backbone, get_spec
+from .server_side.contrastive import get_preset, load_adapter, train
+
+COPY_SIDE = 768  # photos copied into the run directory are downscaled to this long side
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EdgePersrepError("--device cuda: no CUDA GPU is visible to torch; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise EdgePersrepError(f"--device {device}: use auto, cpu or cuda")
+    return device
+
+
+def _copy_photos(paths: Sequence[Path], out: Path) -> list[Path]:
+    """Copy photos into the run (upright RGB JPEG, downscaled): the run owns its inputs."""
+    out.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for i, path in enumerate(paths):
+        target = out / f"{i:03d}_{path.stem}.jpg"
+        if not target.exists():
+            image = load_image(path)
+            image.thumbnail((COPY_SIDE, COPY_SIDE), Image.BICUBIC)
+            image.save(target, format="JPEG", quality=92)
+        copies.append(target)
+    return copies
+
+
+def gather_negatives(negative_dirs: Sequence[Path], other_bundle: Path | None) -> list[Image.Image]:
+    """Negatives: the photos in --negatives folders and the objects enrolled in another bundle."""
+    images = [load_image(p) for d in negative_dirs for p in list_images([d])]
+    if other_bundle is not None:
+        for prototype in Finder.open(other_bundle).store.objects.values():
+            images += stored_photos(prototype)
+    return images
+
+
+def personalize(photos: Sequence[str | Path], name: str, category: str, out: Path, backbone: str = "efficientnet_lite0",
+                synth_method: str = "augment", negatives: Sequence[Path] = (), masks: Path | None = None,
+                backgrounds: Path | None = None, others: Path | None = None, preset: str = "quick",
+                device: str = "auto", seed: int = 0, weights: Path | None = None, steps: int | None = None,
+                force: bool = False) -> Path:
+    """The whole server-side job; returns the bundle directory (RUN/bundle)."""
+    spec = get_spec(backbone)
+    device = resolve_device(device)
+    config = get_preset(preset, seed=seed)
+    if steps is not None:
+        config = get_preset(preset, seed=seed, triplets=steps * config.batch_size, epochs=1)
+    photo_paths = list_images(photos)
+    for p in photo_paths:
+        load_image(p)  # every bad photo is refused before any long work starts
+    mask_paths = synth.match_masks(photo_paths, Path(masks)) if masks else None
+    if synth_method == "cutpaste" and not mask_paths:
+        raise EdgePersrepError("--synth cutpaste needs --masks DIR (one PNG per photo, white = object)")
+    if not negatives and others is None:
+        raise EdgePersrepError("no negatives: pass --negatives DIR (photos of other objects of the same "
+                               "category) or --others BUNDLE (objects already enrolled)")
+    run_json = out / "run.json"
+    if out.exists() and any(out.iterdir()) and not run_json.is_file() and not force:
+        raise EdgePersrepError(f"{out}: exists, is not empty and is not a run directory; choose another --out or pass --force")
+    out.mkdir(parents=True, exist_ok=True)
+
+    timings: dict[str, float] = {}
+    started = time.time()
+    reference = _copy_photos(photo_paths, out / "photos")
+    negative_images = gather_negatives([Path(d) for d in negatives], others)
+    negative_paths = []
+    (out / "negatives").mkdir(exist_ok=True)
+    for i, image in enumerate(negative_images):
+        target = out / "negatives" / f"{i:04d}.jpg"
+        if not target.exists():
+            image = image.copy()
+            image.thumbnail((COPY_SIDE, COPY_SIDE), Image.BICUBIC)
+            image.save(target, format="JPEG", quality=92)
+        negative_paths.append(target)
+    record = {"name": name, "category": category, "backbone": backbone, "synth": synth_method, "preset": preset,
+              "seed": seed, "device": device, "photos": [p.name for p in reference],
+              "photo_sha256": [sha256_file(p) for p in photo_paths], "negatives": len(negative_paths),
+              "train_config": asdict(config), "versions": versions(), "timings": timings}
+    atomic_write_json(run_json, record)
+    timings["prepare_s"] = round(time.time() - started, 1)
+
+    started = time.time()
+    request = synth.SynthRequest(photos=reference, category=category, out_dir=out / "synth", count=config.positives,
+                                 seed=seed, masks=mask_paths,
+                                 backgrounds=list_images([backgrounds]) if backgrounds else negative_paths)
+    positives = synth.generate(synth_method, request).positives
+    timings["synth_s"] = round(time.time() - started, 1)
+
+    started = time.time()
+    model = create_backbone(backbone, pretrained=True, weights=weights)
+    train_dir = out / "train"
+    if (train_dir / "summary.json").is_file() and (train_dir / "adapter" / "adapter_config.json").is_file():
+        import json
+
+        summary = json.loads((train_dir / "summary.json").read_text())
+        load_adapter(model, train_dir / "adapter")
+    else:
+        anchors = [load_image(p) for p in reference]
+        summary = train(model, anchors, positives, negative_paths, config, train_dir, device=device)
+    timings["train_s"] = round(time.time() - started, 1)
+
+    started = time.time()
+    bundle_dir = export_bundle(model, out / "bundle", reference, summary, name, category, negative_paths, force=True)
+    timings["export_enroll_s"] = round(time.time() - started, 1)
+    atomic_write_json(run_json, record)
+    return bundle_dir
+
+
+def export_bundle(model, out: Path, reference: Sequence[Path], training: dict | None, name: str | None = None,
+                  category: str = "", negatives: Sequence[Path] = (), force: bool = False) -> Path:
+    """Export a merged backbone to a bundle and (optionally) enroll `name` from `reference`."""
+    photos = [load_image(p) for p in reference] if reference else []
+    write_bundle(model, out, photos, training, force=force)
+    if name:
+        Finder.open(out).enroll(name, photos, category=category, negatives=list(negatives))
+    return out
+
+
+def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
+    """Re-export a finished run (its adapter merged) and re-enroll its object into a new bundle."""
+    import json
+
+    run_json = run_dir / "run.json"
+    if not run_json.is_file():
+        raise EdgePersrepError(f"{run_dir}: not a run directory (no run.json); pass the --out of `personalize`")
+    record = json.loads(run_json.read_text())
+    model = create_backbone(record["backbone"], pretrained=True)
+    load_adapter(model, run_dir / "train" / "adapter")
+    summary_path = run_dir / "train" / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    prepare_output_dir(out, force)
+    reference = sorted((run_dir / "photos").glob("*.jpg"))
+    negatives = sorted((run_dir / "negatives").glob("*.jpg"))
+    return export_bundle(model, out, reference, summary, record["name"], record.get("category", ""), negatives,
+                         force=force)
+
+
+def export_pretrained(backbone: str, out: Path, weights: Path | None = None, force: bool = False) -> Path:
+    """The un-personalized baseline bundle (empty store; enroll objects with `edge-persrep enroll`)."""
+    model = create_backbone(backbone, pretrained=True, weights=weights)
+    return export_bundle(model, out, [], {"personalized": False}, force=force)

@@ -1,0 +1,164 @@
+"""A bundle: the exported model, its preprocessing and feature layout, and the prototype store.
+
+Layout of a bundle directory:
+    bundle.json       manifest (this module validates every field it reads)
+    model.onnx        input `image`: uint8 [N, S, S, 3] RGB (normalisation is inside the graph);
+                      outputs `embedding` [N, D] (L2-normalised) and `patch_grid` [N, h, w, C]
+                      (each patch L2-normalised)
+    prototypes.npz    the prototype store (self-verifying; see store.py)
+The manifest pins the sha256 of every immutable file; the store changes on every enrolment, so it
+carries its own checksum and the hash of the model it was computed with instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BundleError
+from .files import sha256_file
+
+FORMAT = "edge-persrep-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    embedding_dim: int
+    grid_dim: int
+    grid_height: int
+    grid_width: int
+    grid_stride: int
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+    input_size: int
+    layout: FeatureLayout
+    model_path: Path
+    model_sha256: str
+    store_path: Path
+    default_threshold: float
+    _session: Any = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, root: str | os.PathLike, verify: bool = True) -> "Bundle":
+        """Read and validate `root/bundle.json`; with `verify`, check every listed file's sha256."""
+        import json
+
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise BundleError(f"{path}: not found; is {root} a bundle made by `edge-persrep export`?")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: manifest is implausibly large; the bundle is corrupt, re-export it")
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{path}: not valid JSON ({exc}); re-export the bundle") from exc
+        m = _Manifest(manifest, path)
+        if m.get("format", str) != FORMAT:
+            raise BundleError(f"{path}: not an {FORMAT} manifest")
+        version = m.get("format_version", int)
+        if version > FORMAT_VERSION:
+            raise BundleError(
+                f"{path}: bundle format {version} is newer than this edge-persrep understands "
+                f"({FORMAT_VERSION}); upgrade edge-persrep"
+            )
+        if version < 1:
+            raise BundleError(f"{path}: invalid format_version {version}")
+        files = m.get("files", dict)
+        model_entry = _Manifest(files.get("model"), path, "files.model")
+        model_path = _inside(root, model_entry.get("path", str), path)
+        model_sha = model_entry.get("sha256", str)
+        outputs = m.sub("outputs")
+        grid = outputs.sub("patch_grid")
+        layout = FeatureLayout(
+            embedding_dim=outputs.sub("embedding").get("dim", int),
+            grid_dim=grid.get("dim", int),
+            grid_height=grid.get("height", int),
+            grid_width=grid.get("width", int),
+            grid_stride=grid.get("stride", int),
+        )
+        input_size = m.sub("input").get("size", int)
+        store_path = _inside(root, m.get("store", str), path)
+        threshold = float(m.get("default_threshold", (int, float)))
+        bundle = cls(root, manifest, input_size, layout, model_path, model_sha, store_path, threshold)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        if not self.model_path.is_file():
+            raise BundleError(f"{self.model_path}: listed in {self.root / MANIFEST} but missing; re-export the bundle")
+        if sha256_file(self.model_path) != self.model_sha256:
+            raise BundleError(
+                f"{self.model_path}: checksum does not match {MANIFEST}; the file is corrupt or was "
+                "modified, re-export the bundle"
+            )
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = make_session(self.model_path)
+        return self._session
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N, S, S, 3] -> (embedding [N, D], patch_grid [N, h, w, C])."""
+        embedding, grid = self.session.run(["embedding", "patch_grid"], {"image": batch})
+        return embedding, grid
+
+
+def available_providers(preferred: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")) -> list[str]:
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    chosen = [p for p in preferred if p in have]
+    return chosen or ["CPUExecutionProvider"]
+
+
+def make_session(model_path: Path, providers: list[str] | None = None, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=providers or available_providers())
+    except Exception as exc:  # onnxruntime raises its own unexported exception types
+        raise BundleError(f"{model_path}: onnxruntime cannot load it ({exc}); re-export the bundle") from exc
+
+
+class _Manifest:
+    """Typed access to a manifest section; any wrong shape is a BundleError naming the key."""
+
+    def __init__(self, data: Any, path: Path, where: str = ""):
+        if not isinstance(data, dict):
+            raise BundleError(f"{path}: {where or 'manifest'} must be a JSON object; re-export the bundle")
+        self.data, self.path, self.where = data, path, where
+
+    def get(self, key: str, kind):
+        value = self.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            name = f"{self.where}.{key}" if self.where else key
+            raise BundleError(f"{self.path}: field '{name}' is missing or has the wrong type; re-export the bundle")
+        return value
+
+    def sub(self, key: str) -> "_Manifest":
+        return _Manifest(self.get(key, dict), self.path, f"{self.where}.{key}" if self.where else key)
+
+
+def _inside(root: Path, name: str, manifest_path: Path) -> Path:
+    """A file the manifest names must be a plain file name inside the bundle directory."""
+    if not name or name != Path(name).name or name in (".", "..") or "\\" in name or "\x00" in name:
+        raise BundleError(f"{manifest_path}: file name {name!r} points outside the bundle; refusing to load it")
+    return root / name

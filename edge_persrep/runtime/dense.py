@@ -1,0 +1,168 @@
+"""Patch-similarity maps -> masks and boxes (the paper's dense protocol), in numpy only.
+
+The runtime ships inside apps, so it does not pull in scipy or OpenCV for three small operations:
+Otsu's threshold (a histogram), 3x3 morphology (array shifts) and connected components (a BFS on a
+working grid of at most `WORK_SIDE` pixels a side, where a Python BFS costs about a millisecond).
+The paper's steps, in order: target feature = (mean + max) / 2 of the reference's foreground
+patches; cosine to every test patch; upsample; Otsu; drop blobs < 100 px (at photo resolution);
+morphological clean-up; largest component = mask; its extent = box.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from PIL import Image
+
+WORK_SIDE = 128  # long side of the grid on which the mask is thresholded and cleaned
+MIN_BLOB_PIXELS = 100  # paper: blobs smaller than this (photo pixels) are dropped
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def target_feature(patches: np.ndarray) -> np.ndarray:
+    """(mean + max) / 2 over foreground patch features [P, C] -> unit vector [C]."""
+    patches = np.asarray(patches, dtype=np.float32)
+    if patches.ndim != 2 or len(patches) == 0:
+        raise ValueError("target_feature needs a non-empty [P, C] array")
+    return l2_normalize((patches.mean(axis=0) + patches.max(axis=0)) / 2)
+
+
+def similarity_map(grid: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Cosine of every patch of a unit-normalised grid [h, w, C] to the nearest of K unit targets [K, C]."""
+    return np.einsum("hwc,kc->khw", grid, targets).max(axis=0)
+
+
+def upsample(values: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize of a float map [h, w] to [height, width]."""
+    im = Image.fromarray(np.asarray(values, dtype=np.float32), mode="F")
+    return np.asarray(im.resize((width, height), Image.BILINEAR), dtype=np.float32)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold: the cut maximising between-class variance of a histogram of `values`."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-12:
+        return hi
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight0 = np.cumsum(counts)[:-1].astype(np.float64)
+    weight1 = counts.sum() - weight0
+    sum0 = np.cumsum(counts * centres)[:-1]
+    mean0 = sum0 / np.maximum(weight0, 1)
+    mean1 = (np.sum(counts * centres) - sum0) / np.maximum(weight1, 1)
+    between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(edges[1:-1][int(np.argmax(between))])
+
+
+def _shift_stack(mask: np.ndarray, fill: bool) -> np.ndarray:
+    padded = np.pad(mask, 1, constant_values=fill)
+    h, w = mask.shape
+    return np.stack([padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)])
+
+
+def erode(mask: np.ndarray) -> np.ndarray:
+    return _shift_stack(mask, fill=True).all(axis=0)
+
+
+def dilate(mask: np.ndarray) -> np.ndarray:
+    return _shift_stack(mask, fill=False).any(axis=0)
+
+
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """Morphological opening (drops specks) then closing (fills pin-holes), 3x3 square element."""
+    return erode(dilate(dilate(erode(mask))))
+
+
+def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected labelling: labels [h, w] (0 = background, 1..n) and n."""
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    labels = np.zeros((h, w), dtype=np.int32)
+    n = 0
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if labels[y0, x0]:
+            continue
+        n += 1
+        labels[y0, x0] = n
+        queue = deque([(y0, x0)])
+        while queue:
+            y, x = queue.popleft()
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = n
+                    queue.append((ny, nx))
+    return labels, n
+
+
+def largest_component(mask: np.ndarray, min_area: int = 1) -> np.ndarray:
+    """The largest 4-connected blob of `mask` with at least `min_area` pixels (all False if none)."""
+    labels, n = connected_components(mask)
+    if n == 0:
+        return np.zeros_like(mask, dtype=bool)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    areas[0] = 0
+    best = int(np.argmax(areas))
+    if areas[best] < min_area:
+        return np.zeros_like(mask, dtype=bool)
+    return labels == best
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Extent of a mask as [x0, y0, x1, y1) in pixels (x1, y1 exclusive), or None if empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def localize(sim: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """Similarity map [h, w] -> (bool mask [height, width], box in photo pixels or None)."""
+    scale = WORK_SIDE / max(width, height)
+    work_w, work_h = max(1, round(width * scale)), max(1, round(height * scale))
+    fine = upsample(sim, work_w, work_h)
+    binary = clean_mask(fine > otsu_threshold(fine))
+    min_area = max(1, round(MIN_BLOB_PIXELS * (work_w * work_h) / (width * height)))
+    blob = largest_component(binary, min_area=min_area)
+    if not blob.any():
+        return np.zeros((height, width), dtype=bool), None
+    full = upsample(blob.astype(np.float32), width, height) >= 0.5
+    return full, mask_box(full)
+
+
+def foreground_patches(grids: list[np.ndarray], negative_patches: np.ndarray | None = None) -> list[np.ndarray]:
+    """Find each reference photo's object patches without masks.
+
+    A patch belongs to the object if it matches the *other* reference photos (the object is what
+    the photos share) better than it matches the background bank: the patches of negative photos
+    and, with a single reference, that photo's own border ring. Score = match - background; the
+    cut is Otsu's, and the largest connected blob is kept. Returns one bool mask [h, w] per grid.
+    """
+    masks = []
+    for i, grid in enumerate(grids):
+        h, w, c = grid.shape
+        flat = grid.reshape(-1, c)
+        others = [g.reshape(-1, c) for j, g in enumerate(grids) if j != i]
+        if others:
+            match = np.mean([(flat @ o.T).max(axis=1) for o in others], axis=0)
+        else:
+            match = np.ones(len(flat), dtype=np.float32)
+        bank = []
+        if negative_patches is not None and len(negative_patches):
+            bank.append(negative_patches)
+        if not others:
+            ring = np.ones((h, w), dtype=bool)
+            ring[1:-1, 1:-1] = False
+            bank.append(flat[ring.ravel()])
+        background = (flat @ np.concatenate(bank).T).max(axis=1) if bank else 0.0
+        score = (match - background).reshape(h, w)
+        mask = largest_component(score > otsu_threshold(score))
+        if not mask.any():
+            mask = score >= score.max()
+        masks.append(mask)
+    return masks

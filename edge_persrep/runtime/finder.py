@@ -1,0 +1,215 @@
+"""Finder: embed a photo once, then answer classify / retrieve / detect / segment from its features.
+
+Like SAM's predictor, the expensive step (`embed`: one model run) is separate from the cheap
+per-object questions, which use only the global embedding and the patch grid.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import dense
+from .bundle import Bundle
+from .errors import EdgePersrepError, StoreError
+from .files import locked
+from .images import load_image, resize_to_input
+from .store import PrototypeStore, Prototype
+
+PHOTO_SIDE = 384  # reference photos kept in the store are downscaled to this long side
+
+
+@dataclass
+class ImageFeatures:
+    embedding: np.ndarray  # [D], unit norm
+    grid: np.ndarray  # [h, w, C], each patch unit norm
+    width: int  # of the original photo, for mapping boxes back
+    height: int
+
+
+@dataclass
+class Match:
+    """One enrolled object's answer for one photo."""
+
+    name: str
+    score: float  # classification: max cosine of the photo's embedding to the object's references
+    present: bool  # score >= the object's calibrated threshold
+    box: tuple[int, int, int, int] | None = None  # [x0, y0, x1, y1) in photo pixels
+    box_score: float | None = None  # max cosine of box-pooled patches to the references' (paper)
+    mask: np.ndarray | None = None  # bool [height, width]
+
+
+def decision_threshold(positives: Sequence[float], negatives: Sequence[float], default: float) -> float:
+    """The cut between scores of the object (leave-one-out over its references) and of other things.
+
+    Both known: the midpoint of the gap if they separate, else the cut with the best balanced
+    accuracy. Positives only: just below the weakest positive (a margin of 0.05, since held-out
+    photos score lower than the references score against each other). Neither: `default`.
+    """
+    pos, neg = np.sort(np.asarray(positives, float)), np.sort(np.asarray(negatives, float))
+    if len(pos) and len(neg):
+        if pos[0] > neg[-1]:
+            return float((pos[0] + neg[-1]) / 2)
+        cuts = np.unique(np.concatenate([pos, neg]))
+        balanced = [(np.mean(pos >= t) + np.mean(neg < t)) / 2 for t in cuts]
+        return float(cuts[int(np.argmax(balanced))])
+    if len(pos):
+        return float(pos[0] - 0.05)
+    return float(default)
+
+
+class Finder:
+    def __init__(self, bundle: Bundle, store: PrototypeStore | None = None):
+        self.bundle = bundle
+        if store is None:
+            if bundle.store_path.exists():
+                store = PrototypeStore.load(bundle.store_path, bundle.model_sha256)
+            else:
+                layout = bundle.layout
+                store = PrototypeStore(bundle.model_sha256, layout.embedding_dim, layout.grid_dim)
+        elif store.model_sha256 != bundle.model_sha256:
+            raise StoreError("the prototype store was computed with another model; re-enroll the objects")
+        self.store = store
+
+    @classmethod
+    def open(cls, bundle_dir: str | os.PathLike) -> "Finder":
+        return cls(Bundle.load(bundle_dir))
+
+    # --- the expensive step -------------------------------------------------------------------
+    def embed(self, images: Iterable[Image.Image | str | os.PathLike], batch_size: int = 8) -> list[ImageFeatures]:
+        images = list(images)
+        out: list[ImageFeatures] = []
+        for start in range(0, len(images), batch_size):
+            chunk = [im if isinstance(im, Image.Image) else load_image(im) for im in images[start:start + batch_size]]
+            batch = np.stack([resize_to_input(im, self.bundle.input_size) for im in chunk])
+            embeddings, grids = self.bundle.run(batch)
+            out += [ImageFeatures(e, g, im.width, im.height) for e, g, im in zip(embeddings, grids, chunk)]
+        return out
+
+    # --- the cheap questions ------------------------------------------------------------------
+    def _objects(self, names: Sequence[str] | None) -> list[Prototype]:
+        if not self.store.objects:
+            raise StoreError(f"{self.bundle.store_path}: no objects enrolled; run `edge-persrep enroll` first")
+        if names is None:
+            return list(self.store.objects.values())
+        missing = [n for n in names if n not in self.store.objects]
+        if missing:
+            raise EdgePersrepError(f"not enrolled in {self.bundle.root}: {', '.join(missing)} "
+                                   f"(enrolled: {', '.join(self.store.objects)})")
+        return [self.store.objects[n] for n in names]
+
+    def classify(self, features: ImageFeatures, names: Sequence[str] | None = None) -> list[Match]:
+        """Paper: score = max cosine to the object's reference photos."""
+        matches = []
+        for p in self._objects(names):
+            score = float((p.embeddings @ features.embedding).max())
+            matches.append(Match(p.name, score, score >= p.threshold))
+        return matches
+
+    def locate(self, features: ImageFeatures, match: Match, with_mask: bool) -> Match:
+        """Fill `match.box`, `match.box_score` (and `match.mask`) from the patch-similarity map."""
+        p = self.store.objects[match.name]
+        sim = dense.similarity_map(features.grid, p.targets)
+        mask, box = dense.localize(sim, features.width, features.height)
+        match.box = box
+        if box is not None:
+            match.box_score = float((p.box_features @ self._box_pooled(features, box)).max())
+        match.mask = mask if with_mask else None
+        return match
+
+    def find(self, features: ImageFeatures, task: str = "all", names: Sequence[str] | None = None) -> list[Match]:
+        """task: classify | detect | segment | all."""
+        if task not in ("classify", "detect", "segment", "all"):
+            raise EdgePersrepError(f"unknown task '{task}': use classify, detect, segment or all")
+        matches = self.classify(features, names)
+        if task != "classify":
+            matches = [self.locate(features, m, with_mask=task in ("segment", "all")) for m in matches]
+        return matches
+
+    def retrieve(self, name: str, gallery: Sequence[ImageFeatures], top: int | None = None) -> list[tuple[int, float]]:
+        """Rank gallery photos by how strongly they show `name`: [(index, score)], best first."""
+        (p,) = self._objects([name])
+        scores = np.stack([g.embedding for g in gallery]) @ p.embeddings.T
+        best = scores.max(axis=1)
+        order = np.argsort(-best, kind="stable")[: top or len(gallery)]
+        return [(int(i), float(best[i])) for i in order]
+
+    @staticmethod
+    def _box_pooled(features: ImageFeatures, box: tuple[int, int, int, int]) -> np.ndarray:
+        h, w, _ = features.grid.shape
+        x0, y0, x1, y1 = box
+        gx0, gx1 = int(x0 * w / features.width), max(int(np.ceil(x1 * w / features.width)), int(x0 * w / features.width) + 1)
+        gy0, gy1 = int(y0 * h / features.height), max(int(np.ceil(y1 * h / features.height)), int(y0 * h / features.height) + 1)
+        return dense.l2_normalize(features.grid[gy0:gy1, gx0:gx1].reshape(-1, features.grid.shape[2]).mean(axis=0))
+
+    # --- enrolment ----------------------------------------------------------------------------
+    def make_prototype(self, name: str, photos: Sequence[str | os.PathLike | Image.Image], category: str = "",
+                       negatives: Sequence[str | os.PathLike | Image.Image] = ()) -> Prototype:
+        """Embed reference photos and find their object patches (no masks needed; see
+        dense.foreground_patches). The threshold is calibrated against `negatives` and every object
+        already in the store."""
+        images = [im if isinstance(im, Image.Image) else load_image(im) for im in photos]
+        feats = self.embed(images)
+        neg_feats = self.embed(negatives) if len(negatives) else []
+        c = self.bundle.layout.grid_dim
+        neg_patches = np.concatenate([f.grid.reshape(-1, c) for f in neg_feats]) if neg_feats else None
+        masks = dense.foreground_patches([f.grid for f in feats], neg_patches)
+        targets, box_features = [], []
+        for f, m in zip(feats, masks):
+            targets.append(dense.target_feature(f.grid[m]))
+            x0, y0, x1, y1 = dense.mask_box(m)
+            box_features.append(dense.l2_normalize(f.grid[y0:y1, x0:x1].reshape(-1, c).mean(axis=0)))
+        embeddings = np.stack([f.embedding for f in feats])
+        sims = embeddings @ embeddings.T
+        np.fill_diagonal(sims, -np.inf)
+        positives = sims.max(axis=1) if len(feats) > 1 else []
+        negative_embeddings = [f.embedding for f in neg_feats]
+        negative_embeddings += [e for other in self.store.objects.values() if other.name != name for e in other.embeddings]
+        negatives_scores = (np.stack(negative_embeddings) @ embeddings.T).max(axis=1) if negative_embeddings else []
+        threshold = decision_threshold(positives, negatives_scores, self.bundle.default_threshold)
+        return Prototype(name, category, embeddings, np.stack(targets), np.stack(box_features), threshold,
+                         [_jpeg(im) for im in images])
+
+    def enroll(self, name: str, photos: Sequence[str | os.PathLike | Image.Image], category: str = "",
+               negatives: Sequence[str | os.PathLike | Image.Image] = ()) -> Prototype:
+        """Make a prototype and add it to the bundle's store on disk (locked read-modify-write)."""
+        prototype = self.make_prototype(name, photos, category, negatives)
+        path = self.bundle.store_path
+        with locked(path):
+            if path.exists():
+                self.store = PrototypeStore.load(path, self.bundle.model_sha256)
+            self.store.add(prototype)
+            self.store.save(path)
+        return prototype
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    image = image.copy()
+    image.thumbnail((PHOTO_SIDE, PHOTO_SIDE), Image.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def stored_photos(prototype: Prototype) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(b)).convert("RGB") for b in prototype.photos]
+
+
+def overlay(photo: Image.Image, match: Match, path: Path) -> Path:
+    """Write the photo with the mask tinted and the box drawn (for people to look at)."""
+    from PIL import ImageDraw
+
+    canvas = photo.convert("RGB").copy()
+    if match.mask is not None and match.mask.any():
+        tint = Image.new("RGB", canvas.size, (255, 40, 40))
+        canvas = Image.composite(Image.blend(canvas, tint, 0.45), canvas, Image.fromarray(match.mask.astype(np.uint8) * 255))
+    if match.box is not None:
+        ImageDraw.Draw(canvas).rectangle(match.box, outline=(40, 255, 40), width=max(2, canvas.width // 200))
+    canvas.save(path)
+    return path

@@ -1,0 +1,86 @@
+"""Reading photos the way every part of the package must: EXIF-rotated, RGB, size-capped."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+MAX_PIXELS = 50_000_000  # ~ a 8K photo; larger declared sizes are refused before decoding (PNG bombs)
+MIN_SIDE = 8  # below this there is nothing to recognise
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open a photo as an upright 8-bit RGB PIL image, or raise ImageError naming the file."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ImageError(
+                        f"{path}: declares {im.width}x{im.height} pixels, more than the "
+                        f"{MAX_PIXELS:,} allowed; downscale it first"
+                    )
+                im = ImageOps.exif_transpose(im)
+                rgb = _to_rgb(im)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: image is too large to decode safely ({exc}); downscale it first") from exc
+    except FileNotFoundError as exc:
+        raise ImageError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise ImageError(f"{path}: is a directory, expected an image file") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc}); re-export it as JPEG or PNG") from exc
+    if min(rgb.size) < MIN_SIDE:
+        raise ImageError(f"{path}: image is only {rgb.width}x{rgb.height} pixels; use a real photo")
+    return rgb
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: scale to 8 bits instead of clipping everything to white.
+        arr = np.asarray(im, dtype=np.float64)
+        top = max(float(arr.max()), 1.0)
+        im = Image.fromarray((arr * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    im = im.convert("RGB")
+    im.load()
+    return im
+
+
+def list_images(items: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and directories (non-recursive, sorted) into image paths; refuse an empty result."""
+    paths: list[Path] = []
+    for item in items:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise ImageError(f"{item}: directory has no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise ImageError(f"{item}: no such file or directory")
+    if not paths:
+        raise ImageError("no images given")
+    return paths
+
+
+def resize_to_input(image: Image.Image, size: int) -> np.ndarray:
+    """The runtime's only resize: the whole image stretched to size x size (nothing cropped, so a
+    box on the model's grid maps back to the photo by scaling x and y). Returns uint8 HWC RGB."""
+    return np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.uint8)

