@@ -56,6 +56,18 @@ def _copy_photos(paths: Sequence[Path], out: Path) -> list[Path]:
     return copies
 
 
+def _copy_masks(masks: Sequence, reference: Sequence[Path], out: Path) -> list[Path]:
+    """Masks resized (nearest) to the run's photo copies, saved as PNG beside them."""
+    out.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for mask, photo in zip(masks, reference):
+        target = out / f"{photo.stem}.png"
+        size = Image.open(photo).size
+        Image.fromarray(mask.astype("uint8") * 255).resize(size, Image.NEAREST).save(target)
+        copies.append(target)
+    return copies
+
+
 def gather_negatives(negative_dirs: Sequence[Path], other_bundle: Path | None) -> list[Image.Image]:
     """Negatives: the photos in --negatives folders and the objects enrolled in another bundle."""
     images = [load_image(p) for d in negative_dirs for p in list_images([d])]
@@ -79,8 +91,9 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     photo_paths = list_images(photos)
     for p in photo_paths:
         load_image(p)  # every bad photo is refused before any long work starts
-    mask_paths = synth.match_masks(photo_paths, Path(masks)) if masks else None
-    if synth_method == "cutpaste" and not mask_paths:
+    original_masks = synth.match_masks(photo_paths, Path(masks)) if masks else None
+    mask_arrays = synth.read_masks(photo_paths, original_masks) if original_masks else None  # refuse bad masks now
+    if synth_method == "cutpaste" and not original_masks:
         raise EdgePersrepError("--synth cutpaste needs --masks DIR (one PNG per photo, white = object)")
     if not negatives and others is None:
         raise EdgePersrepError("no negatives: pass --negatives DIR (photos of other objects of the same "
@@ -93,6 +106,7 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     timings: dict[str, float] = {}
     started = time.time()
     reference = _copy_photos(photo_paths, out / "photos")
+    mask_paths = _copy_masks(mask_arrays, reference, out / "masks") if mask_arrays else None
     negative_images = gather_negatives([Path(d) for d in negatives], others)
     negative_paths = []
     (out / "negatives").mkdir(exist_ok=True)
@@ -131,19 +145,22 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     timings["train_s"] = round(time.time() - started, 1)
 
     started = time.time()
-    bundle_dir = export_bundle(model, out / "bundle", reference, summary, name, category, negative_paths, force=True)
+    bundle_dir = export_bundle(model, out / "bundle", reference, summary, name, category, negative_paths, force=True,
+                               masks=mask_paths)
     timings["export_enroll_s"] = round(time.time() - started, 1)
     atomic_write_json(run_json, record)
     return bundle_dir
 
 
 def export_bundle(model, out: Path, reference: Sequence[Path], training: dict | None, name: str | None = None,
-                  category: str = "", negatives: Sequence[Path] = (), force: bool = False) -> Path:
+                  category: str = "", negatives: Sequence[Path] = (), force: bool = False,
+                  masks: Sequence[Path] | None = None) -> Path:
     """Export a merged backbone to a bundle and (optionally) enroll `name` from `reference`."""
     photos = [load_image(p) for p in reference] if reference else []
     write_bundle(model, out, photos, training, force=force)
     if name:
-        Finder.open(out).enroll(name, photos, category=category, negatives=list(negatives))
+        mask_arrays = synth.read_masks(reference, masks) if masks else None
+        Finder.open(out).enroll(name, photos, category=category, negatives=list(negatives), masks=mask_arrays)
     return out
 
 
@@ -162,8 +179,9 @@ def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
     prepare_output_dir(out, force)
     reference = sorted((run_dir / "photos").glob("*.jpg"))
     negatives = sorted((run_dir / "negatives").glob("*.jpg"))
+    masks = synth.match_masks(reference, run_dir / "masks") if (run_dir / "masks").is_dir() else None
     return export_bundle(model, out, reference, summary, record["name"], record.get("category", ""), negatives,
-                         force=force)
+                         force=force, masks=masks)
 
 
 def export_pretrained(backbone: str, out: Path, weights: Path | None = None, force: bool = False) -> Path:

@@ -135,6 +135,16 @@ def localize(sim: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tupl
     return full, mask_box(full)
 
 
+def mask_to_grid(mask: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
+    """A photo-sized object mask -> the grid cells at least half covered (at least the best cell)."""
+    h, w = grid_hw
+    coverage = upsample(np.asarray(mask, dtype=np.float32), w, h)  # area average at this downscale
+    cells = coverage >= 0.5
+    if not cells.any():
+        cells = coverage >= coverage.max()
+    return cells
+
+
 def foreground_patches(grids: list[np.ndarray], negative_patches: np.ndarray | None = None) -> list[np.ndarray]:
     """Find each reference photo's object patches without masks.
 

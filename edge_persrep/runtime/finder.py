@@ -150,18 +150,22 @@ class Finder:
 
     # --- enrolment ----------------------------------------------------------------------------
     def make_prototype(self, name: str, photos: Sequence[str | os.PathLike | Image.Image], category: str = "",
-                       negatives: Sequence[str | os.PathLike | Image.Image] = ()) -> Prototype:
-        """Embed reference photos and find their object patches (no masks needed; see
-        dense.foreground_patches). The threshold is calibrated against `negatives` and every object
-        already in the store."""
+                       negatives: Sequence[str | os.PathLike | Image.Image] = (),
+                       masks: Sequence[np.ndarray] | None = None) -> Prototype:
+        """Embed reference photos and take their object patches from `masks` (bool, photo-sized)
+        or, without masks, find them (dense.foreground_patches). The threshold is calibrated
+        against `negatives` and every object already in the store."""
         images = [im if isinstance(im, Image.Image) else load_image(im) for im in photos]
         feats = self.embed(images)
         neg_feats = self.embed(negatives) if len(negatives) else []
         c = self.bundle.layout.grid_dim
-        neg_patches = np.concatenate([f.grid.reshape(-1, c) for f in neg_feats]) if neg_feats else None
-        masks = dense.foreground_patches([f.grid for f in feats], neg_patches)
+        if masks is not None:
+            grid_masks = [dense.mask_to_grid(m, f.grid.shape[:2]) for m, f in zip(masks, feats)]
+        else:
+            neg_patches = np.concatenate([f.grid.reshape(-1, c) for f in neg_feats]) if neg_feats else None
+            grid_masks = dense.foreground_patches([f.grid for f in feats], neg_patches)
         targets, box_features = [], []
-        for f, m in zip(feats, masks):
+        for f, m in zip(feats, grid_masks):
             targets.append(dense.target_feature(f.grid[m]))
             x0, y0, x1, y1 = dense.mask_box(m)
             box_features.append(dense.l2_normalize(f.grid[y0:y1, x0:x1].reshape(-1, c).mean(axis=0)))
@@ -177,9 +181,10 @@ class Finder:
                          [_jpeg(im) for im in images])
 
     def enroll(self, name: str, photos: Sequence[str | os.PathLike | Image.Image], category: str = "",
-               negatives: Sequence[str | os.PathLike | Image.Image] = ()) -> Prototype:
+               negatives: Sequence[str | os.PathLike | Image.Image] = (),
+               masks: Sequence[np.ndarray] | None = None) -> Prototype:
         """Make a prototype and add it to the bundle's store on disk (locked read-modify-write)."""
-        prototype = self.make_prototype(name, photos, category, negatives)
+        prototype = self.make_prototype(name, photos, category, negatives, masks)
         path = self.bundle.store_path
         with locked(path):
             if path.exists():

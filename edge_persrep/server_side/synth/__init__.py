@@ -6,7 +6,7 @@ from typing import Callable
 
 from ...runtime.errors import EdgePersrepError
 from . import augment, cutpaste
-from .base import SynthRequest, SynthResult, match_masks
+from .base import SynthRequest, SynthResult, match_masks, read_masks
 
 GENERATORS: dict[str, Callable[[SynthRequest], SynthResult]] = {
     "augment": augment.generate,
@@ -20,4 +20,4 @@ def generate(method: str, request: SynthRequest) -> SynthResult:
     return GENERATORS[method](request)
 
 
-__all__ = ["GENERATORS", "SynthRequest", "SynthResult", "generate", "match_masks"]
+__all__ = ["GENERATORS", "SynthRequest", "SynthResult", "generate", "match_masks", "read_masks"]

@@ -42,13 +42,17 @@ class SynthResult:
 
 
 def load_masks(request: SynthRequest) -> list[np.ndarray]:
-    """One bool mask per photo; refuses a missing, mis-sized, empty or non-binary mask."""
     if not request.masks:
         raise EdgePersrepError("this generator needs object masks: pass --masks DIR (one PNG per photo, white = object)")
-    if len(request.masks) != len(request.photos):
-        raise EdgePersrepError(f"{len(request.masks)} masks for {len(request.photos)} photos; give one mask per photo")
+    return read_masks(request.photos, request.masks)
+
+
+def read_masks(photos: list[Path], mask_paths: list[Path]) -> list[np.ndarray]:
+    """One bool mask per photo; refuses a missing, mis-sized, empty or non-binary mask."""
+    if len(mask_paths) != len(photos):
+        raise EdgePersrepError(f"{len(mask_paths)} masks for {len(photos)} photos; give one mask per photo")
     masks = []
-    for photo_path, mask_path in zip(request.photos, request.masks):
+    for photo_path, mask_path in zip(photos, mask_paths):
         photo = load_image(photo_path)
         try:
             with Image.open(mask_path) as im:

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install everything from this checkout and run the default (fast) test suite.
+# Slow and GPU tests: .venv/bin/python -m pytest -m slow   /   -m gpu
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,48 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "images"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+
+@pytest.fixture(scope="session")
+def examples() -> Path:
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def pretrained_bundle(tmp_path_factory) -> Path:
+    """The real-weights Lite0 exported once per session (un-personalized, empty store)."""
+    pytest.importorskip("torch")
+    from edge_persrep.pipeline import export_pretrained
+
+    out = tmp_path_factory.mktemp("bundles") / "lite0"
+    return export_pretrained("efficientnet_lite0", out)
+
+
+@pytest.fixture()
+def bundle_copy(pretrained_bundle, tmp_path) -> Path:
+    """A private copy a test may corrupt."""
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(pretrained_bundle, dst)
+    return dst
+
+
+def paste_scene(photo: Image.Image, background: Image.Image, box: tuple[int, int, int, int], side: int = 384) -> Image.Image:
+    scene = background.convert("RGB").resize((side, side))
+    x0, y0, x1, y1 = box
+    scene.paste(photo.convert("RGB").resize((x1 - x0, y1 - y0)), (x0, y0))
+    return scene
+
+
+@pytest.fixture()
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,120 @@
+"""The CLI contract end to end: personalize -> find/retrieve/info/enroll/export, and its errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+from edge_persrep.cli import main  # noqa: E402
+
+
+def run_cli(*args, check=True):
+    out = subprocess.run([sys.executable, "-m", "edge_persrep.cli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def personalized_run(tmp_path_factory, examples):
+    run = tmp_path_factory.mktemp("run") / "run"
+    run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
+            "--negatives", examples / "negatives", "--steps", "4", "--seed", "1")
+    return run
+
+
+def test_personalize_writes_a_recorded_resumable_run(personalized_run):
+    record = json.loads((personalized_run / "run.json").read_text())
+    assert record["name"] == "my_dog" and record["backbone"] == "efficientnet_lite0" and record["synth"] == "augment"
+    assert {"synth_s", "train_s", "export_enroll_s"} <= set(record["timings"])
+    loss = json.loads((personalized_run / "train" / "loss.json").read_text())["loss"]
+    assert len(loss) == 4
+    manifest = json.loads((personalized_run / "synth" / "manifest.json").read_text())
+    assert len(manifest["images"]) == 96 and all({"file", "seed", "source"} <= set(e) for e in manifest["images"])
+    bundle = json.loads((personalized_run / "bundle" / "bundle.json").read_text())
+    assert bundle["training"]["steps"] == 4
+
+
+def test_find_json_contract(personalized_run, examples, tmp_path):
+    out = run_cli("find", personalized_run / "bundle", examples / "dog_heldout", examples / "heldout_others",
+                  "--json", "--overlays", tmp_path)
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) == 5
+    for line in lines:
+        assert set(line) == {"image", "results"}
+        (r,) = line["results"]
+        assert r["name"] == "my_dog" and isinstance(r["score"], float) and isinstance(r["present"], bool)
+        if r["present"]:
+            assert len(r["box"]) == 4 and r["mask"].endswith(".png")
+        else:
+            assert r["box"] is None and r["mask"] is None
+    scores = {line["image"].split("/")[-1]: line["results"][0]["score"] for line in lines}
+    assert min(scores["03.jpg"], scores["04.jpg"]) > scores["cat_00.jpg"]
+    assert any(p.name.endswith(".overlay.jpg") for p in tmp_path.iterdir())
+
+
+def test_retrieve_ranks_the_object_first(personalized_run, examples):
+    out = run_cli("retrieve", personalized_run / "bundle", examples / "dog_heldout", examples / "heldout_others",
+                  "--name", "my_dog", "--top", "5", "--json")
+    ranks = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(ranks) == 5 and "dog_heldout" in ranks[0]["image"]
+    assert [r["rank"] for r in ranks] == [1, 2, 3, 4, 5]
+
+
+def test_enroll_a_second_object_and_info(personalized_run, examples, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(personalized_run / "bundle", bundle)
+    run_cli("enroll", bundle, examples / "heldout_others" / "cat_00.jpg", "--name", "cat", "--category", "cat")
+    info = json.loads(run_cli("info", bundle, "--json").stdout)
+    assert [o["name"] for o in info["objects"]] == ["my_dog", "cat"] and info["checksums"] == "ok"
+
+
+def test_export_run_and_pretrained(personalized_run, tmp_path):
+    run_cli("export", personalized_run, "--out", tmp_path / "again")
+    original = json.loads((personalized_run / "bundle" / "bundle.json").read_text())
+    again = json.loads((tmp_path / "again" / "bundle.json").read_text())
+    assert again["files"]["model"]["sha256"] == original["files"]["model"]["sha256"]  # same merged weights
+    info = json.loads(run_cli("info", tmp_path / "again", "--json").stdout)
+    assert [o["name"] for o in info["objects"]] == ["my_dog"]
+
+
+def test_rerun_resumes_without_retraining(personalized_run, examples):
+    loss_file = personalized_run / "train" / "loss.json"
+    before = loss_file.stat().st_mtime_ns
+    run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", personalized_run,
+            "--negatives", examples / "negatives", "--steps", "4", "--seed", "1")
+    assert loss_file.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["info", "/nonexistent/bundle"], "bundle.json: not found"),
+    (["export", "--backbone", "vgg_unknown", "--pretrained", "--out", "{tmp}/x"], "unknown backbone"),
+    (["personalize", "{tmp}/none", "--name", "a", "--category", "b", "--out", "{tmp}/r", "--negatives", "{tmp}"],
+     "no such file"),
+])
+def test_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
+    out = run_cli(*[a.format(tmp=tmp_path) for a in args], check=False)
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_cuda_without_cuda_fails_before_work(tmp_path, examples):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["personalize", str(examples / "dog"), "--name", "a", "--category", "dog", "--out", str(tmp_path / "r"),
+                 "--negatives", str(examples / "negatives"), "--device", "cuda"])
+    assert code == 2 and not (tmp_path / "r").exists()
+
+
+def test_foreign_output_directory_is_refused(tmp_path, examples):
+    (tmp_path / "mine.txt").write_text("keep me")
+    code = main(["personalize", str(examples / "dog"), "--name", "a", "--category", "dog", "--out", str(tmp_path),
+                 "--negatives", str(examples / "negatives")])
+    assert code == 2 and (tmp_path / "mine.txt").read_text() == "keep me"

@@ -1,0 +1,100 @@
+"""Dense-map maths on hand-checkable inputs."""
+
+import numpy as np
+import pytest
+
+from edge_persrep.runtime import dense
+
+
+def test_otsu_splits_two_clusters():
+    values = np.array([0.1, 0.12, 0.11, 0.09, 0.8, 0.82, 0.79])
+    t = dense.otsu_threshold(values)
+    assert 0.12 <= t < 0.79
+    assert dense.otsu_threshold(np.full(5, 0.3)) == pytest.approx(0.3)
+
+
+def test_morphology_on_hand_made_mask():
+    m = np.zeros((7, 7), bool)
+    m[2:5, 2:5] = True
+    assert dense.erode(m).sum() == 1 and dense.erode(m)[3, 3]
+    assert dense.dilate(m).sum() == 25
+    speck = m.copy()
+    speck[0, 6] = True  # an isolated pixel is removed by opening, the square survives
+    cleaned = dense.clean_mask(speck)
+    assert not cleaned[0, 6] and cleaned[2:5, 2:5].all()
+
+
+def test_components_and_largest():
+    m = np.zeros((5, 6), bool)
+    m[0, 0:2] = True  # area 2
+    m[2:5, 3:6] = True  # area 9
+    m[4, 0] = True  # area 1
+    labels, n = dense.connected_components(m)
+    assert n == 3
+    big = dense.largest_component(m)
+    assert big.sum() == 9 and big[2:5, 3:6].all()
+    assert not dense.largest_component(m, min_area=10).any()
+    diagonal = np.eye(3, dtype=bool)  # 4-connectivity: diagonal pixels are separate blobs
+    assert dense.connected_components(diagonal)[1] == 3
+
+
+def test_mask_box_is_exclusive_extent():
+    m = np.zeros((10, 10), bool)
+    m[2:5, 3:8] = True
+    assert dense.mask_box(m) == (3, 2, 8, 5)
+    assert dense.mask_box(np.zeros((3, 3), bool)) is None
+
+
+def test_target_feature_is_mean_plus_max_over_two():
+    patches = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    expected = np.array([(2 / 3 + 1) / 2, (2 / 3 + 1) / 2])
+    assert np.allclose(dense.target_feature(patches), expected / np.linalg.norm(expected))
+
+
+def test_similarity_map_takes_best_target():
+    grid = dense.l2_normalize(np.array([[[1.0, 0.0], [0.0, 1.0]]]))
+    targets = np.array([[1.0, 0.0], [0.6, 0.8]])
+    assert np.allclose(dense.similarity_map(grid, targets), [[1.0, 0.8]])
+
+
+def test_localize_recovers_a_blob_box():
+    sim = np.zeros((10, 10), np.float32)
+    sim[2:6, 4:9] = 1.0  # object covers grid rows 2-5, cols 4-8
+    mask, box = dense.localize(sim, width=200, height=100)
+    assert mask.shape == (100, 200)
+    x0, y0, x1, y1 = box
+    # grid cell = 20 x 10 px: expected extent about x 80-180, y 20-60 (bilinear blurs half a cell)
+    assert abs(x0 - 80) <= 12 and abs(x1 - 180) <= 12 and abs(y0 - 20) <= 6 and abs(y1 - 60) <= 6
+
+
+def test_localize_drops_blobs_below_100_pixels():
+    sim = np.zeros((10, 10), np.float32)
+    sim[5, 5] = 1.0  # one cell of a 40x40 photo = 16 px: below the paper's 100 px
+    _, box = dense.localize(sim, width=40, height=40)
+    assert box is None
+
+
+def test_foreground_patches_finds_what_references_share():
+    rng = np.random.default_rng(0)
+    parts = dense.l2_normalize(rng.normal(size=(4, 16)))  # the object's 4 part features
+    grids, expected = [], []
+    for k in range(3):
+        grid = dense.l2_normalize(rng.normal(size=(6, 6, 16)))  # a different random background per photo
+        x = 2 + k % 2  # the object moves between photos
+        grid[1:3, x:x + 2] = parts.reshape(2, 2, 16)
+        mask = np.zeros((6, 6), bool)
+        mask[1:3, x:x + 2] = True
+        grids.append(grid)
+        expected.append(mask)
+    for found, truth in zip(dense.foreground_patches(grids), expected):
+        assert (found == truth).all()
+
+
+def test_decision_threshold_cases():
+    from edge_persrep.runtime import decision_threshold
+
+    assert decision_threshold([0.9, 0.8], [0.3, 0.5], 0.1) == pytest.approx(0.65)
+    assert decision_threshold([0.9, 0.8], [], 0.1) == pytest.approx(0.75)
+    assert decision_threshold([], [], 0.42) == 0.42
+    overlapping = decision_threshold([0.9, 0.6], [0.7, 0.2], 0.0)
+    assert overlapping in (0.6, 0.7, 0.9)

@@ -1,0 +1,71 @@
+"""The runtime's answers on real photos with the real pretrained Lite0."""
+
+import random
+import shutil
+
+import numpy as np
+import pytest
+from conftest import paste_scene
+
+from edge_persrep.eval.metrics import box_iou
+from edge_persrep.runtime import EdgePersrepError, Finder, StoreError, list_images, load_image
+
+
+@pytest.fixture(scope="module")
+def finder(pretrained_bundle, examples, tmp_path_factory):
+    bundle = tmp_path_factory.mktemp("f") / "b"
+    shutil.copytree(pretrained_bundle, bundle)
+    f = Finder.open(bundle)
+    f.enroll("dog", list_images([examples / "dog"]), "dog", negatives=list_images([examples / "negatives"]))
+    return f
+
+
+def test_enrolment_is_persisted_with_photos_and_a_threshold(finder):
+    reopened = Finder.open(finder.bundle.root)
+    p = reopened.store.objects["dog"]
+    assert p.embeddings.shape == (3, 1280) and p.targets.shape == (3, 1280) and len(p.photos) == 3
+    assert 0.0 < p.threshold < 1.0
+
+
+def test_classify_separates_the_object_from_other_animals(finder, examples):
+    held = finder.embed(list_images([examples / "dog_heldout"]))
+    cat = finder.embed([examples / "heldout_others" / "cat_00.jpg"])
+    dog_scores = [finder.classify(f)[0] for f in held]
+    (cat_match,) = finder.classify(cat[0])
+    assert all(m.present for m in dog_scores) and not cat_match.present
+    assert min(m.score for m in dog_scores) > cat_match.score
+
+
+def test_detect_finds_the_object_pasted_into_scenes(finder, examples):
+    """The held-out dog photo pasted at a random place and size on photos without dogs: the box
+    from the patch-similarity map must overlap the pasted region (mean IoU >= 0.45)."""
+    backgrounds = list_images([examples.parent.parent / "tests" / "data" / "backgrounds"])
+    dogs = [load_image(p) for p in list_images([examples / "dog_heldout"])]
+    rng = random.Random(0)
+    ious = []
+    for i, path in enumerate(backgrounds):
+        side = rng.randint(120, 200)
+        x, y = rng.randint(0, 384 - side), rng.randint(0, 384 - side)
+        box = (x, y, x + side, y + side)
+        (features,) = finder.embed([paste_scene(dogs[i % 2], load_image(path), box)])
+        (match,) = finder.find(features, "segment")
+        assert match.box is not None and match.mask.shape == (384, 384)
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        assert match.mask[int(cy), int(cx)], "the mask must cover the centre of the pasted dog"
+        ious.append(box_iou(box, match.box))
+    assert np.mean(ious) >= 0.45, ious
+
+
+def test_retrieve_and_unknown_names(finder, examples):
+    gallery = finder.embed(list_images([examples / "heldout_others", examples / "dog_heldout"]))
+    ranked = finder.retrieve("dog", gallery)
+    assert {ranked[0][0], ranked[1][0]} == {3, 4}  # the two held-out dog photos come first
+    with pytest.raises(EdgePersrepError, match="not enrolled"):
+        finder.classify(gallery[0], names=["mug"])
+
+
+def test_empty_store_says_enroll_first(pretrained_bundle, examples):
+    f = Finder.open(pretrained_bundle)
+    (features,) = f.embed([examples / "dog" / "00.jpg"])
+    with pytest.raises(StoreError, match="enroll"):
+        f.classify(features)

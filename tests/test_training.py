@@ -1,0 +1,76 @@
+"""InfoNCE by hand, LoRA placement and merge, and that training moves the model the right way."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_persrep.server_side.backbones import create_backbone  # noqa: E402
+from edge_persrep.server_side.contrastive import PRESETS, TrainConfig, add_lora, info_nce  # noqa: E402
+
+
+def test_info_nce_by_hand():
+    a = torch.tensor([[1.0, 0.0]])
+    p = torch.tensor([[1.0, 0.0]])
+    n = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    tau = 0.5
+    # logits: [1, 0, -1] / 0.5 -> loss = -log(e^2 / (e^2 + e^0 + e^-2))
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(-2)))
+    assert info_nce(a, p, n, tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_info_nce_averages_over_anchors_and_uses_all_negatives():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    p = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    n = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    per_anchor = [info_nce(a[i:i + 1], p[i:i + 1], n, 0.07) for i in range(4)]
+    assert info_nce(a, p, n, 0.07).item() == pytest.approx(torch.stack(per_anchor).mean().item(), rel=1e-5)
+
+
+def test_paper_preset_is_the_paper_recipe():
+    c = PRESETS["paper"]
+    assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lr, c.betas, c.tau, c.batch_size) == (16, 0.5, 0.3, 3e-4, (0.5, 0.999), 0.07, 16)
+    assert c.steps == math.ceil(2 * 4500 / 16)
+
+
+def test_lora_on_lite0_targets_and_merge_is_exact():
+    backbone = create_backbone("efficientnet_lite0")
+    peft_model = add_lora(backbone, TrainConfig(lora_alpha=16.0))
+    names = [n for n, _ in backbone.model.named_modules() if n.endswith("lora_A")]
+    assert any("conv_head" in n for n in names) and any("blocks.6.0.conv_pwl" in n for n in names)
+    assert not any(n.startswith("blocks.3") or n.startswith("blocks.0") for n in names)
+    for name, param in backbone.model.named_parameters():
+        assert param.requires_grad == ("lora_" in name), name
+    with torch.no_grad():  # give LoRA a non-zero update (B starts at zero)
+        for name, param in backbone.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.01)
+    backbone.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        g_lora, grid_lora = backbone(x)
+        backbone.model = peft_model.merge_and_unload()
+        g_merged, grid_merged = backbone(x)
+    assert torch.allclose(g_lora, g_merged, atol=1e-4)
+    assert torch.allclose(grid_lora, grid_merged, atol=1e-4)
+    assert not any("lora" in n for n, _ in backbone.model.named_modules())
+
+
+def test_training_changes_lora_and_lowers_the_loss(examples, tmp_path):
+    from edge_persrep.runtime import list_images, load_image
+    from edge_persrep.server_side.contrastive import train
+
+    backbone = create_backbone("efficientnet_lite0")
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    anchors = [load_image(p) for p in list_images([examples / "dog"])]
+    negatives = list_images([examples / "negatives"])
+    config = TrainConfig(triplets=30 * 8, epochs=1, batch_size=8, lora_alpha=16.0, cache_trunk=True, views=2)
+    summary = train(backbone, anchors, anchors, negatives, config, tmp_path)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert summary["loss_last10_mean"] < summary["loss_first"]
+    after = backbone.model.state_dict()
+    assert set(after) == set(before)  # merged back into the plain timm model
+    assert not torch.equal(after["conv_head.weight"], before["conv_head.weight"])
+    assert torch.equal(after["blocks.2.0.conv_pw.weight"], before["blocks.2.0.conv_pw.weight"])  # frozen trunk
