@@ -197,6 +197,12 @@ COMMANDS = {"personalize": cmd_personalize, "export": cmd_export, "enroll": cmd_
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # Privacy: no dependency phones home. Weights come from local packages or files unless the
+    # user asked for a hub backbone while online.
+    for var in ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+        os.environ.setdefault(var, "1")
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)

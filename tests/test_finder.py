@@ -69,3 +69,11 @@ def test_empty_store_says_enroll_first(pretrained_bundle, examples):
     (features,) = f.embed([examples / "dog" / "00.jpg"])
     with pytest.raises(StoreError, match="enroll"):
         f.classify(features)
+
+
+def test_objects_enrolled_in_a_bundle_serve_as_negatives(finder):
+    pytest.importorskip("torch")
+    from edge_persrep.pipeline import gather_negatives
+
+    negatives = gather_negatives([], finder.bundle.root)
+    assert len(negatives) == 3 and all(im.mode == "RGB" and max(im.size) <= 384 for im in negatives)
