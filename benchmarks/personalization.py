@@ -120,8 +120,8 @@ def main(argv=None) -> int:
               "preset": args.preset, "steps": args.steps, "subjects": rows, "mean": summary}
     (args.out / "personalization.json").write_text(json.dumps(report, indent=2))
     print()
-    print(f"| subject | category | AP pre | AP pers | top-1 pre | top-1 pers | pointing pre | pointing pers |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| subject | category | AP pre | AP pers | top-1 pre | top-1 pers | pointing pre | pointing pers |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         b, a = r["pretrained"], r["personalized"]
         print(f"| {r['subject']} | {r['category']} | {b['ap']:.3f} | {a['ap']:.3f} | {b['top1']:.3f} | {a['top1']:.3f} "

@@ -10,7 +10,6 @@ A run directory records how it was made and lets a rerun resume:
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -83,7 +82,7 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
                 device: str = "auto", seed: int = 0, weights: Path | None = None, steps: int | None = None,
                 force: bool = False) -> Path:
     """The whole server-side job; returns the bundle directory (RUN/bundle)."""
-    spec = get_spec(backbone)
+    get_spec(backbone)  # an unknown backbone fails before any work starts
     device = resolve_device(device)
     config = get_preset(preset, seed=seed)
     if steps is not None:

@@ -161,7 +161,7 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
 
     losses, started = [], time.time()
     b = config.batch_size
-    for step in tqdm(range(config.steps), desc="train", unit="step"):
+    for _ in tqdm(range(config.steps), desc="train", unit="step"):
         a = embed(anchor_views.sample([rng.randrange(len(anchor_views)) for _ in range(b)]))
         p = embed(positive_views.sample([rng.randrange(len(positive_views)) for _ in range(b)]))
         n = embed(negative_views.sample([rng.randrange(len(negative_views)) for _ in range(b)]))
