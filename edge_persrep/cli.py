@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Privacy: no dependency phones home. Weights come from local packages or files unless the
     # user asked for a hub backbone while online.
-    for var in ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+    for var in ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK", "ORT_DISABLE_TELEMETRY"):
         os.environ.setdefault(var, "1")
     args = build_parser().parse_args(argv)
     try:

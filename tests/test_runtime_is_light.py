@@ -44,3 +44,17 @@ def test_runtime_sources_have_no_heavy_imports():
             stripped = line.strip()
             if stripped.startswith(("import ", "from ")):
                 assert not any(f" {m}" in stripped.split(" as ")[0] for m in HEAVY), f"{path.name}: {stripped}"
+
+
+def test_runtime_writes_nothing_to_home(pretrained_bundle, examples, tmp_path):
+    """An app using the runtime directly (no CLI) leaves no telemetry or cache files behind."""
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env["HOME"] = str(home)
+    code = (f"from edge_persrep.runtime import Finder; f = Finder.open({str(pretrained_bundle)!r}); "
+            f"f.embed([{str(examples / 'dog' / '00.jpg')!r}])")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    assert [p for p in home.rglob("*") if p.is_file()] == []

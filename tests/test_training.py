@@ -1,5 +1,6 @@
 """InfoNCE by hand, LoRA placement and merge, and that training moves the model the right way."""
 
+import json
 import math
 
 import pytest
@@ -74,3 +75,38 @@ def test_training_changes_lora_and_lowers_the_loss(examples, tmp_path):
     assert set(after) == set(before)  # merged back into the plain timm model
     assert not torch.equal(after["conv_head.weight"], before["conv_head.weight"])
     assert torch.equal(after["blocks.2.0.conv_pw.weight"], before["blocks.2.0.conv_pw.weight"])  # frozen trunk
+
+
+def test_killed_training_resumes_to_the_same_weights(examples, tmp_path, monkeypatch):
+    from edge_persrep.runtime import list_images, load_image
+    from edge_persrep.server_side import contrastive
+
+    anchors = [load_image(p) for p in list_images([examples / "dog"])]
+    negatives = list_images([examples / "negatives"])[:4]
+    config = TrainConfig(triplets=6 * 4, epochs=1, batch_size=4, lora_alpha=16.0, cache_trunk=True, views=1,
+                         checkpoint_every=2)
+
+    straight = create_backbone("efficientnet_lite0")
+    contrastive.train(straight, anchors, anchors, negatives, config, tmp_path / "straight")
+
+    calls = {"n": 0}
+    real_loss = contrastive.info_nce
+
+    def dies_at_step_5(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this point runs
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(contrastive, "info_nce", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        contrastive.train(create_backbone("efficientnet_lite0"), anchors, anchors, negatives, config, tmp_path / "resumed")
+    assert json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())["current"] == "checkpoint-000004"
+    monkeypatch.setattr(contrastive, "info_nce", real_loss)
+    resumed = create_backbone("efficientnet_lite0")
+    summary = contrastive.train(resumed, anchors, anchors, negatives, config, tmp_path / "resumed")
+    assert summary["steps"] == 6 and not (tmp_path / "resumed" / "checkpoint.json").exists()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    losses = json.loads((tmp_path / "resumed" / "loss.json").read_text())["loss"]
+    assert losses == json.loads((tmp_path / "straight" / "loss.json").read_text())["loss"]

@@ -126,7 +126,12 @@ def available_providers(preferred: tuple[str, ...] = ("CUDAExecutionProvider", "
 
 
 def make_session(model_path: Path, providers: list[str] | None = None, threads: int | None = None):
+    # onnxruntime >= 1.2x writes a device id and an event database under ~/.cache/Microsoft unless
+    # told not to (found by tests/test_reliability.py); photos of people's homes deserve no telemetry.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime as ort
+
+    ort.disable_telemetry_events()
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

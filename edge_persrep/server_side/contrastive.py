@@ -13,8 +13,10 @@ often augmentations are redrawn, not what they are.
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -48,6 +50,7 @@ class TrainConfig:
     cache_trunk: bool = False
     views: int = 8  # augmented views per image when cache_trunk (anchors get 8x this)
     seed: int = 0
+    checkpoint_every: int = 50  # steps between checkpoints: a killed run resumes from the last one
     positives: int = 450  # synthetic positives to generate (paper: ~450)
 
     @property
@@ -159,9 +162,11 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     def embed(trunk_features: torch.Tensor) -> torch.Tensor:
         return F.normalize(backbone.head(trunk_features, image_hw)[0], dim=1)
 
-    losses, started = [], time.time()
+    checkpoints = Checkpoints(out_dir, config)
+    first_step, losses = checkpoints.restore(backbone, optimizer, rng)
+    started = time.time()
     b = config.batch_size
-    for _ in tqdm(range(config.steps), desc="train", unit="step"):
+    for step in tqdm(range(first_step, config.steps), desc="train", unit="step", initial=first_step, total=config.steps):
         a = embed(anchor_views.sample([rng.randrange(len(anchor_views)) for _ in range(b)]))
         p = embed(positive_views.sample([rng.randrange(len(positive_views)) for _ in range(b)]))
         n = embed(negative_views.sample([rng.randrange(len(negative_views)) for _ in range(b)]))
@@ -170,9 +175,12 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
         loss.backward()
         optimizer.step()
         losses.append(round(loss.item(), 5))
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            checkpoints.save(step + 1, losses, backbone, optimizer, rng)
     backbone.eval()
     seconds = time.time() - started
     peft_model.save_pretrained(str(out_dir / "adapter"))
+    checkpoints.clear()
     backbone.model = peft_model.merge_and_unload()
     backbone.cpu().eval()
     atomic_write_json(out_dir / "loss.json", {"loss": losses})
@@ -181,6 +189,76 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
                "positives": len(positives), "negatives": len(negatives), "config": asdict(config)}
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+class Checkpoints:
+    """Training state every `checkpoint_every` steps: LoRA weights, Adam state, both RNG states,
+    the step and the loss curve. Each checkpoint is a new directory; `checkpoint.json` (written
+    atomically) names the current one, so a kill at any moment leaves a complete checkpoint.
+    Resuming rebuilds the same augmented views (same seed) and restores the RNGs, so a resumed run
+    ends with the same weights as an uninterrupted one."""
+
+    def __init__(self, out_dir: Path, config: TrainConfig):
+        self.out_dir, self.pointer = out_dir, out_dir / "checkpoint.json"
+        self.config = asdict(config)
+
+    def save(self, step: int, losses: list[float], backbone: Backbone, optimizer, rng: random.Random) -> None:
+        from safetensors.torch import save_file
+
+        target = self.out_dir / f"checkpoint-{step:06d}"
+        target.mkdir(exist_ok=True)
+        tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in backbone.named_parameters() if p.requires_grad}
+        for i, state in optimizer.state_dict()["state"].items():
+            tensors.update({f"adam.{i}.{k}": v.detach().cpu().contiguous() for k, v in state.items()})
+        tensors["torch_rng"] = torch.get_rng_state()
+        save_file(tensors, str(target / "state.safetensors"))
+        version, internal, gauss = rng.getstate()
+        meta = {"step": step, "losses": losses, "config": self.config, "python_rng": [version, list(internal), gauss]}
+        atomic_write_json(target / "state.json", meta)
+        previous = self._current()
+        atomic_write_json(self.pointer, {"current": target.name})
+        if previous is not None and previous != target:
+            shutil.rmtree(previous, ignore_errors=True)
+
+    def _current(self) -> Path | None:
+        if not self.pointer.is_file():
+            return None
+        name = json.loads(self.pointer.read_text()).get("current", "")
+        path = self.out_dir / name
+        return path if name.startswith("checkpoint-") and (path / "state.json").is_file() else None
+
+    def restore(self, backbone: Backbone, optimizer, rng: random.Random) -> tuple[int, list[float]]:
+        from safetensors.torch import load_file
+
+        current = self._current()
+        if current is None:
+            return 0, []
+        meta = json.loads((current / "state.json").read_text())
+        if meta["config"] != json.loads(json.dumps(self.config)):
+            raise EdgePersrepError(f"{current}: checkpoint was made with another training config; "
+                                   f"delete {self.out_dir} to start over")
+        tensors = load_file(str(current / "state.safetensors"))
+        params = dict(backbone.named_parameters())
+        with torch.no_grad():
+            for key, value in tensors.items():
+                if key.startswith("param."):
+                    params[key[len("param."):]].copy_(value)
+        state = optimizer.state_dict()
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, index, name = key.split(".", 2)
+                state["state"].setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict(state)
+        torch.set_rng_state(tensors["torch_rng"])
+        version, internal, gauss = meta["python_rng"]
+        rng.setstate((version, tuple(internal), gauss))
+        return int(meta["step"]), list(meta["losses"])
+
+    def clear(self) -> None:
+        current = self._current()
+        self.pointer.unlink(missing_ok=True)
+        if current is not None:
+            shutil.rmtree(current, ignore_errors=True)
 
 
 def load_adapter(backbone: Backbone, adapter_dir: Path) -> None:
