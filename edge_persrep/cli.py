@@ -109,23 +109,33 @@ def cmd_export(args) -> None:
 def cmd_enroll(args) -> None:
     from .runtime import Finder, list_images
 
+    from .runtime.images import refuse_duplicates
+
     finder = Finder.open(args.bundle)
+    photos = list_images(args.images)
+    refuse_duplicates(photos)
     negatives = list_images(args.negatives) if args.negatives else []
-    p = finder.enroll(args.name, list_images(args.images), category=args.category, negatives=negatives)
+    p = finder.enroll(args.name, photos, category=args.category, negatives=negatives)
     print(f"enrolled '{p.name}' from {len(p.embeddings)} photos (threshold {p.threshold:.3f}) into {args.bundle}")
 
 
 def cmd_find(args) -> None:
     from PIL import Image
 
-    from .runtime import Finder, list_images, load_image
+    from .runtime import Finder, ImageError, list_images, load_image
     from .runtime.finder import overlay
 
     finder = Finder.open(args.bundle)
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)
+    unreadable = 0
     for path in list_images(args.images):
-        photo = load_image(path)
+        try:
+            photo = load_image(path)
+        except ImageError as exc:  # one bad photo in a folder: say so, answer for the rest
+            print(f"edge-persrep: error: {exc}", file=sys.stderr)
+            unreadable += 1
+            continue
         (features,) = finder.embed([photo])
         results = []
         for m in finder.find(features, task=args.task, names=args.name):
@@ -145,6 +155,8 @@ def cmd_find(args) -> None:
             for r in results:
                 where = f" box={r['box']}" if r["box"] else ""
                 print(f"{path}\t{r['name']}\tscore={r['score']:.3f}\t{'PRESENT' if r['present'] else 'absent'}{where}")
+    if unreadable:
+        raise EdgePersrepError(f"{unreadable} photo(s) could not be read (listed above); the others were answered")
 
 
 def cmd_retrieve(args) -> None:
@@ -214,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge-persrep: interrupted", file=sys.stderr)
         return 130
-    except PermissionError as exc:
+    except OSError as exc:  # read-only directory, disk full, permission denied...
         if args.debug:
             raise
-        print(f"edge-persrep: error: {exc.filename}: permission denied; choose a writable location", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"edge-persrep: error: {where}{exc.strerror or exc}; check the location is writable and has space "
+              "(nothing already stored was changed)", file=sys.stderr)
         return 2
     return 0
 

@@ -21,7 +21,7 @@ from .export.bundle_writer import prepare_output_dir, versions, write_bundle
 from .runtime.errors import EdgePersrepError
 from .runtime.files import atomic_write_json, sha256_file
 from .runtime.finder import Finder, stored_photos
-from .runtime.images import list_images, load_image
+from .runtime.images import list_images, load_image, refuse_duplicates
 from .server_side import synth
 from .server_side.backbones import create_backbone, get_spec
 from .server_side.contrastive import get_preset, load_adapter, train
@@ -90,6 +90,7 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     photo_paths = list_images(photos)
     for p in photo_paths:
         load_image(p)  # every bad photo is refused before any long work starts
+    refuse_duplicates(photo_paths)
     original_masks = synth.match_masks(photo_paths, Path(masks)) if masks else None
     mask_arrays = synth.read_masks(photo_paths, original_masks) if original_masks else None  # refuse bad masks now
     if synth_method == "cutpaste" and not original_masks:

@@ -118,3 +118,47 @@ def test_foreign_output_directory_is_refused(tmp_path, examples):
     code = main(["personalize", str(examples / "dog"), "--name", "a", "--category", "dog", "--out", str(tmp_path),
                  "--negatives", str(examples / "negatives")])
     assert code == 2 and (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_duplicate_photos_are_refused(tmp_path, examples, pretrained_bundle):
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(examples / "dog" / "00.jpg", photos / "a.jpg")
+    shutil.copy(examples / "dog" / "00.jpg", photos / "b.jpg")
+    out = run_cli("enroll", pretrained_bundle, photos, "--name", "x", check=False)
+    assert out.returncode == 2 and "b.jpg: the same photo as" in out.stderr
+
+
+def test_find_answers_the_good_photos_and_names_the_bad_one(tmp_path, examples, personalized_run):
+    import shutil
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(examples / "dog_heldout", folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = run_cli("find", personalized_run / "bundle", folder, "--json", check=False)
+    assert out.returncode == 2 and len(out.stdout.splitlines()) == 2
+    assert "broken.jpg: not a readable image" in out.stderr
+
+
+def _can_mount() -> bool:
+    import shutil
+
+    return bool(shutil.which("unshare")) and subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs none /mnt"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs a private mount namespace (root)")
+def test_read_only_output_directory_gives_one_line_and_keeps_the_store(tmp_path, personalized_run, examples):
+    import shutil
+
+    bundle = tmp_path / "ro" / "bundle"
+    shutil.copytree(personalized_run / "bundle", bundle)
+    before = (bundle / "prototypes.npz").read_bytes()
+    script = (f"mount --bind {tmp_path / 'ro'} {tmp_path / 'ro'} && mount -o remount,bind,ro {tmp_path / 'ro'} && "
+              f"{sys.executable} -m edge_persrep.cli enroll {bundle} {examples / 'heldout_others' / 'cat_00.jpg'} --name cat")
+    out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "Read-only file system" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert (bundle / "prototypes.npz").read_bytes() == before

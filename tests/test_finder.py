@@ -77,3 +77,31 @@ def test_objects_enrolled_in_a_bundle_serve_as_negatives(finder):
 
     negatives = gather_negatives([], finder.bundle.root)
     assert len(negatives) == 3 and all(im.mode == "RGB" and max(im.size) <= 384 for im in negatives)
+
+
+def test_top_k_matches_a_full_sort():
+    from edge_persrep.runtime.finder import top_k
+
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(500, 8)).astype(np.float32)
+    queries = rng.normal(size=(3, 8)).astype(np.float32)
+    best = (gallery @ queries.T).max(axis=1)
+    expected = list(np.argsort(-best, kind="stable")[:7])
+    assert [i for i, _ in top_k(gallery, queries, 7)] == expected
+    assert [i for i, _ in top_k(gallery[:5], queries, 10)] == list(np.argsort(-best[:5], kind="stable"))
+
+
+def test_classify_many_objects_equals_per_object_max(finder, examples):
+    from edge_persrep.runtime import Prototype, PrototypeStore
+
+    rng = np.random.default_rng(0)
+    store = PrototypeStore(finder.bundle.model_sha256, 1280, 1280)
+    for i in range(50):
+        k = 1 + i % 4
+        emb = rng.normal(size=(k, 1280)).astype(np.float32)
+        store.add(Prototype(f"o{i}", "", emb / np.linalg.norm(emb, axis=1, keepdims=True),
+                            np.ones((k, 1280), np.float32), np.ones((k, 1280), np.float32), 0.0))
+    many = Finder(finder.bundle, store)
+    (features,) = many.embed([examples / "dog" / "00.jpg"])
+    for m in many.classify(features):
+        assert m.score == pytest.approx(float((store.objects[m.name].embeddings @ features.embedding).max()), abs=1e-6)

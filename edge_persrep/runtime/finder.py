@@ -64,6 +64,16 @@ def decision_threshold(positives: Sequence[float], negatives: Sequence[float], d
     return float(default)
 
 
+def top_k(gallery: np.ndarray, queries: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """Rank gallery rows [N, D] by their best cosine to any query row [K, D]: [(row, score)], best
+    first (ties by row). argpartition keeps it O(N) for a large gallery and a small k."""
+    best = (gallery @ queries.T).max(axis=1)
+    k = min(k, len(best))
+    candidates = np.argpartition(-best, k - 1)[:k] if k < len(best) else np.arange(len(best))
+    order = candidates[np.lexsort((candidates, -best[candidates]))]
+    return [(int(i), float(best[i])) for i in order]
+
+
 class Finder:
     def __init__(self, bundle: Bundle, store: PrototypeStore | None = None):
         self.bundle = bundle
@@ -104,13 +114,25 @@ class Finder:
                                    f"(enrolled: {', '.join(self.store.objects)})")
         return [self.store.objects[n] for n in names]
 
+    def _reference_matrix(self) -> tuple[np.ndarray, np.ndarray, list[Prototype]]:
+        """All objects' reference embeddings stacked once ([sum K, D], row offsets per object), so
+        scoring thousands of objects is one matrix product; rebuilt when the store changes."""
+        key = id(self.store), tuple(self.store.objects)
+        if getattr(self, "_matrix_key", None) != key:
+            objects = list(self.store.objects.values())
+            sizes = [len(p.embeddings) for p in objects]
+            self._matrix = (np.concatenate([p.embeddings for p in objects]),
+                            np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), objects)
+            self._matrix_key = key
+        return self._matrix
+
     def classify(self, features: ImageFeatures, names: Sequence[str] | None = None) -> list[Match]:
         """Paper: score = max cosine to the object's reference photos."""
-        matches = []
-        for p in self._objects(names):
-            score = float((p.embeddings @ features.embedding).max())
-            matches.append(Match(p.name, score, score >= p.threshold))
-        return matches
+        chosen = self._objects(names)
+        matrix, offsets, objects = self._reference_matrix()
+        best = np.maximum.reduceat(matrix @ features.embedding, offsets)
+        score_of = {p.name: float(s) for p, s in zip(objects, best)}
+        return [Match(p.name, score_of[p.name], score_of[p.name] >= p.threshold) for p in chosen]
 
     def locate(self, features: ImageFeatures, match: Match, with_mask: bool) -> Match:
         """Fill `match.box`, `match.box_score` (and `match.mask`) from the patch-similarity map."""
@@ -135,10 +157,7 @@ class Finder:
     def retrieve(self, name: str, gallery: Sequence[ImageFeatures], top: int | None = None) -> list[tuple[int, float]]:
         """Rank gallery photos by how strongly they show `name`: [(index, score)], best first."""
         (p,) = self._objects([name])
-        scores = np.stack([g.embedding for g in gallery]) @ p.embeddings.T
-        best = scores.max(axis=1)
-        order = np.argsort(-best, kind="stable")[: top or len(gallery)]
-        return [(int(i), float(best[i])) for i in order]
+        return top_k(np.stack([g.embedding for g in gallery]), p.embeddings, top or len(gallery))
 
     @staticmethod
     def _box_pooled(features: ImageFeatures, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -80,6 +80,18 @@ def list_images(items: Iterable[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+def refuse_duplicates(paths: Iterable[str | os.PathLike]) -> None:
+    """Two reference photos with identical bytes add nothing but a false sense of coverage."""
+    from .files import sha256_file
+
+    seen: dict[str, Path] = {}
+    for path in map(Path, paths):
+        digest = sha256_file(path)
+        if digest in seen:
+            raise ImageError(f"{path}: the same photo as {seen[digest]}; give distinct photos of the object")
+        seen[digest] = path
+
+
 def resize_to_input(image: Image.Image, size: int) -> np.ndarray:
     """The runtime's only resize: the whole image stretched to size x size (nothing cropped, so a
     box on the model's grid maps back to the photo by scaling x and y). Returns uint8 HWC RGB."""
