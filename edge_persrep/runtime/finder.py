@@ -146,12 +146,14 @@ class Finder:
         return match
 
     def find(self, features: ImageFeatures, task: str = "all", names: Sequence[str] | None = None) -> list[Match]:
-        """task: classify | detect | segment | all."""
+        """task: classify | detect | segment | all. Boxes and masks are computed for the objects
+        judged present (call `locate` to get one regardless, e.g. for evaluation)."""
         if task not in ("classify", "detect", "segment", "all"):
             raise EdgePersrepError(f"unknown task '{task}': use classify, detect, segment or all")
         matches = self.classify(features, names)
         if task != "classify":
-            matches = [self.locate(features, m, with_mask=task in ("segment", "all")) for m in matches]
+            matches = [self.locate(features, m, with_mask=task in ("segment", "all")) if m.present else m
+                       for m in matches]
         return matches
 
     def retrieve(self, name: str, gallery: Sequence[ImageFeatures], top: int | None = None) -> list[tuple[int, float]]:
