@@ -66,9 +66,13 @@ def main(argv=None) -> int:
 
     buf = io.BytesIO()
     dog.save(buf, "JPEG")
-    image_case("zero-byte file", lambda d: (d / "a.jpg").write_bytes(b"") or d / "a.jpg")
-    image_case("truncated JPEG", lambda d: (d / "a.jpg").write_bytes(buf.getvalue()[:5000]) or d / "a.jpg")
-    image_case("text file named .jpg", lambda d: (d / "a.jpg").write_text("hello") or d / "a.jpg")
+    def write(d: Path, data: bytes) -> Path:
+        (d / "a.jpg").write_bytes(data)
+        return d / "a.jpg"
+
+    image_case("zero-byte file", lambda d: write(d, b""))
+    image_case("truncated JPEG", lambda d: write(d, buf.getvalue()[:5000]))
+    image_case("text file named .jpg", lambda d: write(d, b"hello, not a photo\n"))
     image_case("PNG bomb (100000x100000 declared)", lambda d: png_bomb(d / "a.png") or d / "a.png")
     image_case("1x1 pixel", lambda d: save(d, "a.png", Image.new("RGB", (1, 1))))
     image_case("directory with no images", lambda d: d)

@@ -128,11 +128,14 @@ def cmd_find(args) -> None:
     finder = Finder.open(args.bundle)
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)
+    paths = list_images(args.images)
     unreadable = 0
-    for path in list_images(args.images):
+    for path in paths:
         try:
             photo = load_image(path)
-        except ImageError as exc:  # one bad photo in a folder: say so, answer for the rest
+        except ImageError as exc:  # one bad photo among many: say so, answer for the rest
+            if len(paths) == 1:
+                raise
             print(f"edge-persrep: error: {exc}", file=sys.stderr)
             unreadable += 1
             continue
