@@ -98,3 +98,30 @@ def test_decision_threshold_cases():
     assert decision_threshold([], [], 0.42) == 0.42
     overlapping = decision_threshold([0.9, 0.6], [0.7, 0.2], 0.0)
     assert overlapping in (0.6, 0.7, 0.9)
+
+
+def test_components_match_a_reference_flood_fill_on_random_masks():
+    from collections import deque
+
+    def flood_sizes(mask):
+        seen, sizes = np.zeros_like(mask), []
+        for y, x in zip(*np.nonzero(mask)):
+            if seen[y, x]:
+                continue
+            seen[y, x], queue, n = True, deque([(y, x)]), 0
+            while queue:
+                cy, cx = queue.popleft()
+                n += 1
+                for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                    if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        queue.append((ny, nx))
+            sizes.append(n)
+        return sorted(sizes)
+
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        mask = rng.random((rng.integers(1, 20), rng.integers(1, 20))) < rng.uniform(0.2, 0.7)
+        labels, n = dense.connected_components(mask)
+        assert ((labels > 0) == mask).all()
+        assert sorted(np.bincount(labels.ravel())[1:].tolist()) == flood_sizes(mask) and n == len(flood_sizes(mask))

@@ -59,3 +59,20 @@ def test_export_refuses_to_overwrite_a_foreign_directory(tmp_path, examples):
     with pytest.raises(EdgePersrepError, match="--force"):
         write_bundle(create_backbone("efficientnet_lite0"), foreign, [], None)
     assert (foreign / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_frozen_same_padding_is_exact_and_leaves_no_shape_arithmetic(tmp_path):
+    from edge_persrep.export.static_graph import StaticSamePadConv, freeze_same_padding
+
+    backbone = create_backbone("efficientnet_lite0")
+    frozen = freeze_same_padding(backbone, 320)
+    assert any(isinstance(m, StaticSamePadConv) for m in frozen.modules())
+    x = torch.randn(2, 3, 320, 320)
+    with torch.no_grad():
+        for a, b in zip(backbone(x), frozen(x)):
+            assert torch.equal(a, b)
+    check = np.random.default_rng(0).integers(0, 256, (1, 320, 320, 3), dtype=np.uint8)
+    export_onnx(backbone, tmp_path / "m.onnx", 320, check)
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    # dynamic 'same' padding left 17 Shape and 10 Ceil ops; only L2-normalisation's 2 Shape remain
+    assert "Ceil" not in ops and ops.count("Shape") <= 2

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..runtime.errors import EdgePersrepError
 from ..server_side.backbones import Backbone
+from .static_graph import freeze_same_padding
 
 OPSET = 17
 MIN_COSINE = 0.9999
@@ -58,7 +59,7 @@ def export_onnx(backbone: Backbone, path: Path, size: int, check_images: np.ndar
     """Write `path`; return the measured agreement with torch on `check_images` (uint8 [N,S,S,3]) and
     the per-image output shapes ([D], [h, w, C]). Raise ExportError if the minimum cosine of either
     output is below MIN_COSINE."""
-    wrapper = ExportWrapper(backbone).eval()
+    wrapper = ExportWrapper(freeze_same_padding(backbone, size)).eval()
     dummy = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     with torch.no_grad():
         torch.onnx.export(
