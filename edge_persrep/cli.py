@@ -43,6 +43,15 @@ def _add_export(sub) -> None:
     p.add_argument("--pretrained", action="store_true", help="export the un-personalized backbone")
     p.add_argument("--weights", type=Path, help="local backbone weights for --pretrained")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty directory that is not a bundle")
+    p.add_argument("--format", default="onnx", help="comma-separated: onnx (always), ort, coreml")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32 (always), fp16, int8")
+    p.add_argument("--calibration", type=Path, help="with --pretrained: photos to calibrate and check int8")
+    p.add_argument("--force-int8", action="store_true", help="ship an int8 model even if it fails the gate")
+    p.add_argument("--min-cosine", type=float, default=0.99, help="gate: min embedding cosine vs fp32")
+    p.add_argument("--max-ap-drop", type=float, default=0.01, help="gate: max classification AP drop vs fp32")
+    p = sub.add_parser("export-adapter", help="the LoRA adapter alone (peft format, small)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", required=True, type=Path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", action="append", help="only these objects (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     p.add_argument("--overlays", type=Path, help="write box/mask overlays (and mask PNGs) here")
+    p.add_argument("--variant", help="run a variant instead of the fp32 model: fp16, int8, ort")
     p = sub.add_parser("retrieve", help="rank a folder of photos by how strongly they show an object")
     p.add_argument("bundle", type=Path)
     p.add_argument("gallery", nargs="+")
@@ -93,17 +103,29 @@ def cmd_personalize(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from .export.precision import Gate
+    from .export.variants import FORMATS, PRECISIONS, parse_list
     from .pipeline import export_pretrained, export_run
 
+    options = dict(formats=parse_list(args.format, FORMATS, "format"),
+                   precisions=parse_list(args.precision, PRECISIONS, "precision"), force_int8=args.force_int8,
+                   gate=Gate(args.min_cosine, args.max_ap_drop), force=args.force)
     if args.pretrained:
         if not args.backbone:
             raise EdgePersrepError("export --pretrained needs --backbone NAME")
-        out = export_pretrained(args.backbone, args.out, weights=args.weights, force=args.force)
+        out = export_pretrained(args.backbone, args.out, weights=args.weights, calibration=args.calibration, **options)
     elif args.run_dir is not None:
-        out = export_run(args.run_dir, args.out, force=args.force)
+        out = export_run(args.run_dir, args.out, **options)
     else:
         raise EdgePersrepError("export: give a RUN_DIR, or --backbone NAME --pretrained")
     print(f"bundle at {out}")
+
+
+def cmd_export_adapter(args) -> None:
+    from .export.adapters import export_adapter
+
+    out = export_adapter(args.run_dir, args.out)
+    print(f"adapter at {out}")
 
 
 def cmd_enroll(args) -> None:
@@ -125,7 +147,7 @@ def cmd_find(args) -> None:
     from .runtime import Finder, ImageError, list_images, load_image
     from .runtime.finder import overlay
 
-    finder = Finder.open(args.bundle)
+    finder = Finder.open(args.bundle, variant=args.variant)
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)
     paths = list_images(args.images)
@@ -179,12 +201,16 @@ def cmd_info(args) -> None:
     from .runtime import Bundle, PrototypeStore
 
     bundle = Bundle.load(args.bundle)  # verifies checksums
+    bundle.verify_variants()
     store = PrototypeStore.load(bundle.store_path, bundle.model_sha256) if bundle.store_path.exists() else None
     m = bundle.manifest
     info = {"bundle": str(args.bundle), "format_version": m["format_version"], "backbone": m["backbone"],
             "input": {k: m["input"][k] for k in ("size", "dtype", "layout", "color")}, "outputs": m["outputs"],
             "model_bytes": bundle.model_path.stat().st_size, "checksums": "ok",
             "export_check": m.get("export_check"), "training": m.get("training"),
+            "variants": {k: {f: v.get(f) for f in ("format", "precision", "bytes", "check", "gate", "mobile_usability")
+                             if v.get(f) is not None} for k, v in (m.get("variants") or {}).items()},
+            "variants_rejected": m.get("variants_rejected"),
             "objects": [{"name": p.name, "category": p.category, "references": len(p.embeddings),
                          "threshold": round(p.threshold, 4)} for p in (store.objects.values() if store else [])]}
     if args.json:
@@ -195,6 +221,14 @@ def cmd_info(args) -> None:
     print(f"  model.onnx {info['model_bytes'] / 1e6:.1f} MB, checksums ok; export check {info['export_check']}")
     print(f"  embedding dim {m['outputs']['embedding']['dim']}, patch grid "
           f"{m['outputs']['patch_grid']['height']}x{m['outputs']['patch_grid']['width']}x{m['outputs']['patch_grid']['dim']}")
+    for name, v in info["variants"].items():
+        check = v.get("check") or {}
+        gate = v.get("gate") or {}
+        detail = (f", min cosine {check['min_cosine_embedding']}, AP {check.get('ap')} vs fp32 {check.get('ap_fp32')}, "
+                  f"gate {'passed' if gate.get('passed') else 'FORCED'}") if check else ""
+        print(f"  variant {name}: {v.get('format')} {v.get('precision')}, {v['bytes'] / 1e6:.1f} MB{detail}")
+    for name, r in (info["variants_rejected"] or {}).items():
+        print(f"  variant {name}: REFUSED ({'; '.join(r['reasons'])})")
     for o in info["objects"]:
         print(f"  object '{o['name']}' ({o['category'] or 'no category'}): {o['references']} photos, threshold {o['threshold']}")
     if not info["objects"]:
@@ -207,7 +241,7 @@ def cmd_bench(args) -> None:
     run_bench(args.backbone, args.images, args.repeats, args.threads, args.out)
 
 
-COMMANDS = {"personalize": cmd_personalize, "export": cmd_export, "enroll": cmd_enroll, "find": cmd_find,
+COMMANDS = {"personalize": cmd_personalize, "export": cmd_export, "export-adapter": cmd_export_adapter, "enroll": cmd_enroll, "find": cmd_find,
             "retrieve": cmd_retrieve, "info": cmd_info, "bench": cmd_bench}
 
 

@@ -164,9 +164,43 @@ def export_bundle(model, out: Path, reference: Sequence[Path], training: dict | 
     return out
 
 
-def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
-    """Re-export a finished run (its adapter merged) and re-enroll its object into a new bundle."""
+def _as_inputs(paths: Sequence[Path], size: int):
+    import numpy as np
+
+    from .runtime.images import resize_to_input
+
+    return np.stack([resize_to_input(load_image(p), size) for p in paths]) if paths else np.zeros((0, size, size, 3), "uint8")
+
+
+def run_calibration(run_dir: Path, size: int):
+    """Calibration and gate images from a run, disjoint: even-indexed synthetic positives and
+    negatives calibrate; the reference photos, odd-indexed positives and negatives check."""
+    from .export.precision import CheckSet
+
+    positives = sorted((run_dir / "synth" / "positives").glob("*.jpg"))
+    negatives = sorted((run_dir / "negatives").glob("*.jpg"))
+    calibration = _as_inputs(positives[0::2][:64] + negatives[0::2][:32], size)
+    checks = CheckSet(_as_inputs(sorted((run_dir / "photos").glob("*.jpg")), size),
+                      _as_inputs(positives[1::2][:32], size), _as_inputs(negatives[1::2][:32], size))
+    return calibration, checks
+
+
+def folder_calibration(folder: Path, size: int):
+    """For a pretrained export: half of a folder's photos calibrate, the other half check (cosine only)."""
+    from .export.precision import CheckSet
+
+    paths = list_images([folder])
+    empty = _as_inputs([], size)
+    return _as_inputs(paths[0::2], size), CheckSet(empty, empty, _as_inputs(paths[1::2], size))
+
+
+def export_run(run_dir: Path, out: Path, force: bool = False, formats: Sequence[str] = ("onnx",),
+               precisions: Sequence[str] = ("fp32",), force_int8: bool = False, gate=None) -> Path:
+    """Re-export a finished run (its adapter merged), re-enroll its object, and add variants."""
     import json
+
+    from .export.precision import Gate
+    from .export.variants import add_variants
 
     run_json = run_dir / "run.json"
     if not run_json.is_file():
@@ -180,11 +214,24 @@ def export_run(run_dir: Path, out: Path, force: bool = False) -> Path:
     reference = sorted((run_dir / "photos").glob("*.jpg"))
     negatives = sorted((run_dir / "negatives").glob("*.jpg"))
     masks = synth.match_masks(reference, run_dir / "masks") if (run_dir / "masks").is_dir() else None
-    return export_bundle(model, out, reference, summary, record["name"], record.get("category", ""), negatives,
-                         force=force, masks=masks)
+    export_bundle(model, out, reference, summary, record["name"], record.get("category", ""), negatives,
+                  force=force, masks=masks)
+    if set(formats) != {"onnx"} or set(precisions) != {"fp32"}:
+        calibration, checks = run_calibration(run_dir, model.spec.preprocess.export_size)
+        add_variants(out, model, list(formats), list(precisions), calibration, checks, gate or Gate(), force_int8)
+    return out
 
 
-def export_pretrained(backbone: str, out: Path, weights: Path | None = None, force: bool = False) -> Path:
+def export_pretrained(backbone: str, out: Path, weights: Path | None = None, force: bool = False,
+                      formats: Sequence[str] = ("onnx",), precisions: Sequence[str] = ("fp32",),
+                      calibration: Path | None = None, force_int8: bool = False, gate=None) -> Path:
     """The un-personalized baseline bundle (empty store; enroll objects with `edge-persrep enroll`)."""
+    from .export.precision import Gate
+    from .export.variants import add_variants
+
     model = create_backbone(backbone, pretrained=True, weights=weights)
-    return export_bundle(model, out, [], {"personalized": False}, force=force)
+    export_bundle(model, out, [], {"personalized": False}, force=force)
+    if set(formats) != {"onnx"} or set(precisions) != {"fp32"}:
+        images, checks = folder_calibration(calibration, model.spec.preprocess.export_size) if calibration else (None, None)
+        add_variants(out, model, list(formats), list(precisions), images, checks, gate or Gate(), force_int8)
+    return out

@@ -26,6 +26,26 @@ def pretrained_bundle(tmp_path_factory) -> Path:
     return export_pretrained("efficientnet_lite0", out)
 
 
+def run_cli(*args, check=True):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "edge_persrep.cli", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def personalized_run(tmp_path_factory, examples):
+    """`personalize` on the example dog, 4 training steps: a complete run directory."""
+    pytest.importorskip("torch")
+    run = tmp_path_factory.mktemp("run") / "run"
+    run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
+            "--negatives", examples / "negatives", "--steps", "4", "--seed", "1")
+    return run
+
+
 @pytest.fixture()
 def bundle_copy(pretrained_bundle, tmp_path) -> Path:
     """A private copy a test may corrupt."""

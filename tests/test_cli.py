@@ -8,22 +8,9 @@ import pytest
 
 pytest.importorskip("torch")
 
+from conftest import run_cli  # noqa: E402
+
 from edge_persrep.cli import main  # noqa: E402
-
-
-def run_cli(*args, check=True):
-    out = subprocess.run([sys.executable, "-m", "edge_persrep.cli", *map(str, args)], capture_output=True, text=True)
-    if check:
-        assert out.returncode == 0, out.stderr[-2000:]
-    return out
-
-
-@pytest.fixture(scope="module")
-def personalized_run(tmp_path_factory, examples):
-    run = tmp_path_factory.mktemp("run") / "run"
-    run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
-            "--negatives", examples / "negatives", "--steps", "4", "--seed", "1")
-    return run
 
 
 def test_personalize_writes_a_recorded_resumable_run(personalized_run):

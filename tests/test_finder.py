@@ -48,7 +48,8 @@ def test_detect_finds_the_object_pasted_into_scenes(finder, examples):
         x, y = rng.randint(0, 384 - side), rng.randint(0, 384 - side)
         box = (x, y, x + side, y + side)
         (features,) = finder.embed([paste_scene(dogs[i % 2], load_image(path), box)])
-        (match,) = finder.find(features, "segment")
+        (match,) = finder.classify(features)
+        match = finder.locate(features, match, with_mask=True)  # localize whether or not judged present
         assert match.box is not None and match.mask.shape == (384, 384)
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         assert match.mask[int(cy), int(cx)], "the mask must cover the centre of the pasted dog"
@@ -105,3 +106,11 @@ def test_classify_many_objects_equals_per_object_max(finder, examples):
     (features,) = many.embed([examples / "dog" / "00.jpg"])
     for m in many.classify(features):
         assert m.score == pytest.approx(float((store.objects[m.name].embeddings @ features.embedding).max()), abs=1e-6)
+
+
+def test_find_localizes_only_objects_judged_present(finder, examples):
+    held, cat = finder.embed([examples / "dog_heldout" / "03.jpg", examples / "heldout_others" / "cat_00.jpg"])
+    (dog_match,) = finder.find(held, "segment")
+    (cat_match,) = finder.find(cat, "segment")
+    assert dog_match.present and dog_match.box is not None and dog_match.mask is not None
+    assert not cat_match.present and cat_match.box is None and cat_match.mask is None

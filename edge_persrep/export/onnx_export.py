@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..runtime.errors import EdgePersrepError
 from ..server_side.backbones import Backbone
+from .graph_passes import basic_optimize, fold_pads_into_convs
 from .static_graph import freeze_same_padding
 
 OPSET = 17
@@ -30,6 +30,12 @@ MIN_COSINE = 0.9999
 
 class ExportError(EdgePersrepError):
     """The exported graph does not reproduce the torch model."""
+
+
+def l2_normalize(x: torch.Tensor, dim: int, eps: float = 1e-12) -> torch.Tensor:
+    """x / max(||x||, eps) with plain Mul/ReduceSum/Sqrt/Max/Div ops: F.normalize exports as
+    ReduceL2 + Expand, which the CoreML and NNAPI execution providers do not take."""
+    return x / torch.sqrt((x * x).sum(dim=dim, keepdim=True)).clamp_min(eps)
 
 
 class ExportWrapper(nn.Module):
@@ -45,7 +51,7 @@ class ExportWrapper(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = image.permute(0, 3, 1, 2).float() * self.scale - self.offset
         embedding, grid = self.backbone(x)
-        return F.normalize(embedding, dim=1), F.normalize(grid, dim=-1)
+        return l2_normalize(embedding, 1), l2_normalize(grid, -1)
 
 
 def unit_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -61,12 +67,16 @@ def export_onnx(backbone: Backbone, path: Path, size: int, check_images: np.ndar
     output is below MIN_COSINE."""
     wrapper = ExportWrapper(freeze_same_padding(backbone, size)).eval()
     dummy = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    raw = path.with_name(path.name + ".raw")
     with torch.no_grad():
         torch.onnx.export(
-            wrapper, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+            wrapper, (dummy,), str(raw), dynamo=False, opset_version=OPSET,
             input_names=["image"], output_names=["embedding", "patch_grid"],
             dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "patch_grid": {0: "batch"}},
         )
+        basic_optimize(raw, path)
+        raw.unlink()
+        fold_pads_into_convs(path)
         ref_embedding, ref_grid = (t.numpy() for t in wrapper(torch.from_numpy(check_images)))
     from ..runtime.bundle import make_session
 

@@ -47,11 +47,17 @@ class Bundle:
     model_sha256: str
     store_path: Path
     default_threshold: float
+    variant: str | None = None  # None: the fp32 ONNX model; else a key of manifest["variants"]
+    model_file_sha256: str = ""  # of the file actually run (the variant's, if one was chosen)
     _session: Any = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, root: str | os.PathLike, verify: bool = True) -> "Bundle":
-        """Read and validate `root/bundle.json`; with `verify`, check every listed file's sha256."""
+    def load(cls, root: str | os.PathLike, verify: bool = True, variant: str | None = None) -> "Bundle":
+        """Read and validate `root/bundle.json`; with `verify`, check the model's sha256.
+
+        `variant` runs a lower-precision or mobile variant (e.g. "fp16", "int8", "ort") instead of
+        the fp32 model. Variants passed the export gate against fp32, so they share its prototype
+        store, which stays bound to the fp32 model's hash (`model_sha256`)."""
         import json
 
         root = Path(root)
@@ -91,7 +97,19 @@ class Bundle:
         input_size = m.sub("input").get("size", int)
         store_path = _inside(root, m.get("store", str), path)
         threshold = float(m.get("default_threshold", (int, float)))
-        bundle = cls(root, manifest, input_size, layout, model_path, model_sha, store_path, threshold)
+        file_path, file_sha = model_path, model_sha
+        if variant is not None:
+            variants = manifest.get("variants") or {}
+            if not isinstance(variants, dict) or variant not in variants:
+                have = ", ".join(variants) if isinstance(variants, dict) and variants else "none"
+                raise BundleError(f"{path}: no variant '{variant}' in this bundle (variants: {have}); "
+                                  "export it with `edge-persrep export --precision/--format`")
+            entry = _Manifest(variants[variant], path, f"variants.{variant}")
+            if entry.get("format", str) not in ("onnx", "ort"):
+                raise BundleError(f"{path}: variant '{variant}' is a {entry.get('format', str)} model; it runs on its "
+                                  "own platform (Core ML on Apple devices), not in onnxruntime")
+            file_path, file_sha = _inside(root, entry.get("path", str), path), entry.get("sha256", str)
+        bundle = cls(root, manifest, input_size, layout, file_path, model_sha, store_path, threshold, variant, file_sha)
         if verify:
             bundle.verify()
         return bundle
@@ -99,11 +117,29 @@ class Bundle:
     def verify(self) -> None:
         if not self.model_path.is_file():
             raise BundleError(f"{self.model_path}: listed in {self.root / MANIFEST} but missing; re-export the bundle")
-        if sha256_file(self.model_path) != self.model_sha256:
+        if sha256_file(self.model_path) != self.model_file_sha256:
             raise BundleError(
                 f"{self.model_path}: checksum does not match {MANIFEST}; the file is corrupt or was "
                 "modified, re-export the bundle"
             )
+
+    def verify_variants(self) -> list[str]:
+        """Check every listed variant's checksum (files or directories); returns their names."""
+        from .files import sha256_tree
+
+        path = self.root / MANIFEST
+        variants = self.manifest.get("variants") or {}
+        if not isinstance(variants, dict):
+            raise BundleError(f"{path}: field 'variants' must be a JSON object; re-export the bundle")
+        for name, raw in variants.items():
+            entry = _Manifest(raw, path, f"variants.{name}")
+            target = _inside(self.root, entry.get("path", str), path)
+            if not target.exists():
+                raise BundleError(f"{target}: listed in {path} but missing; re-export the bundle")
+            if sha256_tree(target) != entry.get("sha256", str):
+                raise BundleError(f"{target}: checksum does not match {MANIFEST}; the file is corrupt or was "
+                                  "modified, re-export the bundle")
+        return list(variants)
 
     @property
     def session(self):
@@ -112,17 +148,27 @@ class Bundle:
         return self._session
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 [N, S, S, 3] -> (embedding [N, D], patch_grid [N, h, w, C])."""
-        embedding, grid = self.session.run(["embedding", "patch_grid"], {"image": batch})
-        return embedding, grid
+        """uint8 [N, S, S, 3] -> (embedding [N, D], patch_grid [N, h, w, C]). A model with a fixed
+        batch size (the mobile variant: 1) is run in chunks of that size."""
+        fixed = self.session.get_inputs()[0].shape[0]
+        step = fixed if isinstance(fixed, int) and fixed > 0 else len(batch)
+        outs = [self.session.run(["embedding", "patch_grid"], {"image": batch[i:i + step]})
+                for i in range(0, len(batch), max(step, 1))]
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
-def available_providers(preferred: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")) -> list[str]:
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
+                       "CPUExecutionProvider")
+
+
+def available_providers(preferred: tuple[str, ...] = PREFERRED_PROVIDERS) -> list[str]:
+    """The execution providers this onnxruntime build has, best first (Jetson: TensorRT or CUDA;
+    Apple: CoreML), always ending with the CPU so that any unsupported node falls back cleanly."""
     import onnxruntime as ort
 
     have = set(ort.get_available_providers())
-    chosen = [p for p in preferred if p in have]
-    return chosen or ["CPUExecutionProvider"]
+    chosen = [p for p in preferred if p in have and p != "CPUExecutionProvider"]
+    return chosen + ["CPUExecutionProvider"]
 
 
 def make_session(model_path: Path, providers: list[str] | None = None, threads: int | None = None):

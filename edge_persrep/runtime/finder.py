@@ -88,8 +88,8 @@ class Finder:
         self.store = store
 
     @classmethod
-    def open(cls, bundle_dir: str | os.PathLike) -> "Finder":
-        return cls(Bundle.load(bundle_dir))
+    def open(cls, bundle_dir: str | os.PathLike, variant: str | None = None) -> "Finder":
+        return cls(Bundle.load(bundle_dir, variant=variant))
 
     # --- the expensive step -------------------------------------------------------------------
     def embed(self, images: Iterable[Image.Image | str | os.PathLike], batch_size: int = 8) -> list[ImageFeatures]:

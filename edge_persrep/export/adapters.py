@@ -1,0 +1,53 @@
+"""The personalization alone: a peft LoRA adapter folder (safetensors), a few MB instead of the
+whole model, plus what it must be applied to (base backbone, weight source and its sha256).
+
+Load it with `create_backbone(base)` + `contrastive.load_adapter(backbone, folder)`: the merged
+model is the one the run exported. (An ONNX Runtime LoRA adapter, to switch objects at run time on
+one base ONNX model, is not built yet: see the README.)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..runtime.errors import EdgePersrepError
+from ..runtime.files import atomic_write_json, sha256_file
+from ..server_side.backbones import get_spec
+
+
+def base_weights_sha256(backbone: str) -> str | None:
+    spec = get_spec(backbone)
+    if spec.weights_package is None:
+        return None
+    module = importlib.import_module(spec.weights_package)
+    finder = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile"))
+    return sha256_file(finder.get_model_file_path())
+
+
+def export_adapter(run_dir: Path, out: Path) -> Path:
+    source = run_dir / "train" / "adapter"
+    if not (source / "adapter_config.json").is_file():
+        raise EdgePersrepError(f"{run_dir}: no trained adapter (train/adapter/adapter_config.json); run personalize first")
+    if out.exists() and any(out.iterdir()) and not (out / "adapter_info.json").is_file():
+        raise EdgePersrepError(f"{out}: exists, is not empty and is not an adapter folder; choose another --out")
+    record = json.loads((run_dir / "run.json").read_text())
+    spec = get_spec(record["backbone"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy2(source / name, staging / name)
+    atomic_write_json(staging / "adapter_info.json", {
+        "object": record["name"], "category": record.get("category", ""),
+        "base": {"backbone": spec.name, "timm_name": spec.timm_name, "weights": spec.weights_package or spec.hub_id,
+                 "weights_sha256": base_weights_sha256(spec.name)},
+        "files": {n: sha256_file(staging / n) for n in ("adapter_config.json", "adapter_model.safetensors")},
+        "training": record.get("train_config"),
+    })
+    if out.exists():
+        shutil.rmtree(out)
+    staging.replace(out)
+    return out
