@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both engines (0 = default)")
     p.add_argument("--out", type=Path, default=Path("bench.json"))
+    p.add_argument("--variants", action="store_true",
+                   help="instead: table per backbone x variant (fp32/fp16/int8/ort): size, latency, cosine, AP")
+    p.add_argument("--backbones", default="efficientnet_lite0", help="with --variants: comma-separated")
+    p.add_argument("--random-init", action="store_true", help="with --variants: random weights (ViTs offline)")
     return parser
 
 
@@ -236,9 +240,12 @@ def cmd_info(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .eval.bench import run_bench
+    from .eval.bench import run_bench, run_variants_bench
 
-    run_bench(args.backbone, args.images, args.repeats, args.threads, args.out)
+    if args.variants:
+        run_variants_bench(args.backbones.split(","), args.repeats, args.out, args.random_init)
+    else:
+        run_bench(args.backbone, args.images, args.repeats, args.threads, args.out)
 
 
 COMMANDS = {"personalize": cmd_personalize, "export": cmd_export, "export-adapter": cmd_export_adapter, "enroll": cmd_enroll, "find": cmd_find,

@@ -87,3 +87,75 @@ def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: in
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
     return report
+
+
+def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_init: bool = False) -> dict:
+    """Per backbone x variant: file size, median latency (batch 1 and 8), cosine and AP vs fp32.
+
+    Calibration (int8) and checks use disjoint example photos: calibration = the test backgrounds
+    and every other negative; checks = the dog's references (prototype), its held-out photos
+    (positives), the other negatives and other animals (negatives). int8 is built with the gate
+    forced so that its row is shown even when it fails; the `gate` column says whether it passed.
+    """
+    import torch
+
+    from ..export.precision import CheckSet, Gate, gate_verdict, measure
+    from ..export.variants import add_variants
+    from ..export.bundle_writer import write_bundle
+    from ..runtime.bundle import make_session
+    from ..runtime.images import resize_to_input
+    from ..export.onnx_export import ExportWrapper
+    from ..server_side.backbones import create_backbone
+    from ..runtime import list_images, load_image
+
+    backgrounds = EXAMPLES.parents[1] / "tests" / "data" / "backgrounds"
+    negatives = list_images([EXAMPLES / "negatives"])
+    rows = []
+    for name in backbones:
+        model = create_backbone(name, pretrained=not random_init)
+        size = model.spec.preprocess.export_size
+
+        def inputs(paths):
+            return np.stack([resize_to_input(load_image(p), size) for p in paths])
+
+        calibration = inputs(list_images([backgrounds]) + negatives[0::2])
+        checks = CheckSet(inputs(list_images([EXAMPLES / "dog"])), inputs(list_images([EXAMPLES / "dog_heldout"])),
+                          inputs(negatives[1::2] + list_images([EXAMPLES / "heldout_others"])))
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = Path(tmp) / "b"
+            write_bundle(model, bundle, [], None)
+            add_variants(bundle, model, ["onnx", "ort"], ["fp32", "fp16", "int8"], calibration, checks, Gate(),
+                         force_int8=True)
+            manifest = json.loads((bundle / "bundle.json").read_text())
+            files = {"fp32": manifest["files"]["model"]["path"], **{k: v["path"] for k, v in manifest["variants"].items()}}
+            x1, x8 = checks.all[:1], np.repeat(checks.all[:1], 8, axis=0)
+            wrapper = ExportWrapper(model).eval()
+            with torch.inference_mode():
+                eager = median_ms(lambda: wrapper(torch.from_numpy(x1)), repeats)
+            rows.append({"backbone": name, "variant": "torch eager", "mb": None, "b1_ms": round(eager, 2)})
+            for variant, file in files.items():
+                session = make_session(bundle / file, ["CPUExecutionProvider"])
+                fixed = session.get_inputs()[0].shape[0] == 1
+                check = measure(bundle / files["fp32"], bundle / file, checks)
+                rows.append({
+                    "backbone": name, "variant": variant, "mb": round((bundle / file).stat().st_size / 1e6, 1),
+                    "b1_ms": round(median_ms(lambda: session.run(None, {"image": x1}), repeats), 2),
+                    "b8_ms_per_image": None if fixed else round(
+                        median_ms(lambda: session.run(None, {"image": x8}), max(3, repeats // 4)) / 8, 2),
+                    "min_cos": check["min_cosine_embedding"], "grid_cos": check["mean_cosine_patch_grid"],
+                    "ap": check["ap"], "ap_fp32": check["ap_fp32"],
+                    "gate": "pass" if not gate_verdict(check, Gate()) else "FAIL"})
+    fp32 = {r["backbone"]: r["b1_ms"] for r in rows if r["variant"] == "fp32"}
+    for r in rows:
+        r["speedup_vs_fp32"] = round(fp32[r["backbone"]] / r["b1_ms"], 2)
+    print("| backbone | variant | MB | b1 ms | b8 ms/img | x fp32 | min cos | grid cos | AP | AP fp32 | gate |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backbone']} | {r['variant']} | {r['mb'] or ''} | {r['b1_ms']} | {r.get('b8_ms_per_image') or ''} "
+              f"| {r['speedup_vs_fp32']} | {r.get('min_cos', '')} | {r.get('grid_cos', '')} | {r.get('ap', '')} "
+              f"| {r.get('ap_fp32', '')} | {r.get('gate', '')} |")
+    report = {"repeats": repeats, "random_init": random_init, "machine": {"cpu_count": os.cpu_count(),
+              "platform": platform.platform()}, "rows": rows}
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return report

@@ -66,8 +66,10 @@ class _Reader:
         return None if image is None else {"image": image[None]}
 
 
-def to_int8(src: Path, dst: Path, calibration: np.ndarray) -> None:
-    """Static QDQ int8, per-channel weights, percentile-calibrated activations."""
+def to_int8(src: Path, dst: Path, calibration: np.ndarray) -> str:
+    """Static QDQ int8, per-channel weights, percentile-calibrated activations; returns the
+    calibration method used (ORT's histogram calibrator fails on near-constant tensors, as in a
+    random-init network: those models fall back to min-max)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -76,9 +78,16 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
-        quantize_static(str(prepared), str(dst), _Reader(calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.999})
+        common = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                      weight_type=QuantType.QInt8)
+        try:
+            quantize_static(str(prepared), str(dst), _Reader(calibration), calibrate_method=CalibrationMethod.Percentile,
+                            extra_options={"CalibPercentile": 99.999}, **common)
+            return "percentile 99.999"
+        except ValueError:
+            quantize_static(str(prepared), str(dst), _Reader(calibration), calibrate_method=CalibrationMethod.MinMax,
+                            **common)
+            return "minmax"
 
 
 def _run(session, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -50,10 +50,14 @@ def add_variants(bundle_dir: Path, backbone, formats: list[str], precisions: lis
         path = bundle_dir / FILES[name]
         started = time.time()
         if name in ("fp16", "int8"):
-            (to_fp16(fp32, path) if name == "fp16" else to_int8(fp32, path, calibration))
+            if name == "fp16":
+                to_fp16(fp32, path)
+                method = None
+            else:
+                method = to_int8(fp32, path, calibration)
             check = measure(fp32, path, checks) if checks is not None else None
             reasons = gate_verdict(check, gate) if check is not None else []
-            entry = {"format": "onnx", "precision": name, "check": check,
+            entry = {"format": "onnx", "precision": name, "check": check, "calibration": method,
                      "gate": {"min_cosine": gate.min_cosine, "max_ap_drop": gate.max_ap_drop,
                               "passed": not reasons, "forced": bool(reasons)}}
             if reasons and not (name == "int8" and force_int8):
