@@ -83,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what a bundle holds, and whether its checks pass")
     p.add_argument("bundle", type=Path)
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("eval", help="pretrained vs personalized on the four tasks; writes report.json + index.html")
+    p.add_argument("--dataset", required=True, type=Path)
+    p.add_argument("--layout", default="pods", choices=["pods", "procedural", "dreambooth"])
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--synth", default="augment,cutpaste", help="comma-separated synthesis methods to compare")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--objects", help="comma-separated subset of objects")
+    p.add_argument("--quick", action="store_true", help="40 training steps per object instead of the preset's")
+    p.add_argument("--steps", type=int, help="training steps per object (overrides --quick)")
+    p = sub.add_parser("make-dataset", help="write the procedural instance-level dataset")
+    p.add_argument("kind", choices=["procedural"])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--objects", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("bench", help="median latency: torch eager vs ORT, and each runtime task")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--images", nargs="+", help="photos to time on (default: the bundled examples)")
@@ -248,7 +262,32 @@ def cmd_bench(args) -> None:
         run_bench(args.backbone, args.images, args.repeats, args.threads, args.out)
 
 
-COMMANDS = {"personalize": cmd_personalize, "export": cmd_export, "export-adapter": cmd_export_adapter, "enroll": cmd_enroll, "find": cmd_find,
+def cmd_eval(args) -> None:
+    from .eval.report import write_report
+    from .eval.runner import evaluate, load_dreambooth_hard, load_pods
+
+    if args.layout == "dreambooth":
+        evalset = load_dreambooth_hard(args.dataset, args.out / "work")
+    else:
+        evalset = load_pods(args.dataset)
+    only = args.objects.split(",") if args.objects else None
+    unknown = set(only or []) - {o.name for o in evalset.objects}
+    if unknown:
+        raise EdgePersrepError(f"{args.dataset}: no objects named {', '.join(sorted(unknown))}")
+    steps = args.steps or (40 if args.quick else None)
+    report = evaluate(evalset, args.backbone, [m for m in args.synth.split(",") if m], args.out, steps=steps, only=only)
+    page = write_report(report, args.out)
+    print(json.dumps(report["summary"], indent=1))
+    print(f"report: {page}")
+
+
+def cmd_make_dataset(args) -> None:
+    from .eval.procedural import make_dataset
+
+    print(f"dataset at {make_dataset(args.out, args.objects, args.seed)}")
+
+
+COMMANDS = {"eval": cmd_eval, "make-dataset": cmd_make_dataset, "personalize": cmd_personalize, "export": cmd_export, "export-adapter": cmd_export_adapter, "enroll": cmd_enroll, "find": cmd_find,
             "retrieve": cmd_retrieve, "info": cmd_info, "bench": cmd_bench}
 
 

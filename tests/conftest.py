@@ -66,3 +66,14 @@ def paste_scene(photo: Image.Image, background: Image.Image, box: tuple[int, int
 @pytest.fixture()
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def small_report(tmp_path_factory):
+    """`eval` on a 4-object procedural set (2 evaluated), 2 training steps: a complete report."""
+    pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("eval")
+    run_cli("make-dataset", "procedural", "--out", root / "data", "--objects", "4", "--seed", "1")
+    run_cli("eval", "--dataset", root / "data", "--layout", "procedural", "--synth", "augment,cutpaste",
+            "--objects", "mug1,ball1", "--steps", "2", "--out", root / "report")
+    return root / "report"

@@ -38,3 +38,34 @@ def test_box_iou_and_pointing():
     assert metrics.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert metrics.box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
     assert metrics.point_in_box((5, 5), (0, 0, 10, 10)) and not metrics.point_in_box((10, 5), (0, 0, 10, 10))
+
+
+def test_detection_ap_by_hand():
+    gt = {"a": (0, 0, 10, 10), "b": (0, 0, 10, 10)}
+    # best detection correct, second (higher score than the miss) is a false positive in an
+    # image without the object, third correct: P = 1, 1/2, 2/3 at recalls 0.5, 0.5, 1.0
+    dets = [("a", 0.9, (0, 0, 10, 10)), ("n", 0.8, (0, 0, 5, 5)), ("b", 0.7, (1, 1, 10, 10))]
+    # envelope: precision 1.0 for recall <= 0.5 (51 points), 2/3 for recall in (0.5, 1] (50 points)
+    assert metrics.detection_ap(dets, gt, 0.5) == pytest.approx((51 * 1.0 + 50 * 2 / 3) / 101)
+    # at IoU 0.9 the second hit (IoU 0.81) no longer counts: recall stops at 0.5
+    assert metrics.detection_ap(dets, gt, 0.9) == pytest.approx(51 / 101)
+    assert metrics.detection_ap([("a", 0.5, None)], gt, 0.5) == 0.0
+
+
+def test_coco_map_perfect_and_masks():
+    gt = {"a": (0, 0, 10, 10)}
+    assert metrics.coco_map([("a", 1.0, (0, 0, 10, 10))], gt) == {"map": 1.0, "map50": 1.0}
+    m = np.zeros((4, 4), bool)
+    m[:2, :2] = True
+    half = np.zeros((4, 4), bool)
+    half[:2, :1] = True
+    assert metrics.mask_iou(m, half) == pytest.approx(0.5)
+    result = metrics.coco_map([("a", 1.0, half)], {"a": m}, iou=metrics.mask_iou)
+    assert result["map50"] == 1.0 and result["map"] == pytest.approx(0.1)  # only the 0.50 threshold passes
+
+
+def test_best_f1_and_pr_curve():
+    # cuts: top-1 P 1 R .5 (F1 .667), top-2 P .5 R .5 (.5), all P 2/3 R 1 (.8)
+    assert metrics.best_f1([0.9, 0.8, 0.1], [1, 0, 1]) == pytest.approx(0.8)
+    precision, recall = metrics.precision_recall_curve([0.9, 0.8, 0.1], [1, 0, 1])
+    assert precision.tolist() == pytest.approx([1, 0.5, 2 / 3]) and recall.tolist() == pytest.approx([0.5, 0.5, 1])

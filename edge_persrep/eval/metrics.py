@@ -51,3 +51,60 @@ def point_in_box(point, box) -> bool:
     x, y = point
     x0, y0, x1, y1 = box
     return bool(x0 <= x < x1 and y0 <= y < y1)
+
+
+COCO_IOUS = np.linspace(0.5, 0.95, 10)
+
+
+def mask_iou(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def detection_ap(detections, ground_truth, iou_threshold: float, iou=box_iou) -> float:
+    """COCO-style AP for one object at one IoU threshold, one ground truth per image at most.
+
+    detections: [(image_id, score, region)], at most one per image (the paper's protocol: the
+    object's best region in each test image); region = box or mask, or None for no detection.
+    ground_truth: {image_id: region} for the images that show the object. Detections in other
+    images are false positives. Precision is made monotone and sampled at 101 recall points.
+    """
+    if not ground_truth:
+        raise ValueError("detection_ap needs at least one ground-truth instance")
+    dets = sorted((d for d in detections if d[2] is not None), key=lambda d: -d[1])
+    hits = np.array([d[0] in ground_truth and iou(d[2], ground_truth[d[0]]) >= iou_threshold for d in dets], bool)
+    if len(hits) == 0:
+        return 0.0
+    tp = np.cumsum(hits)
+    precision = tp / np.arange(1, len(hits) + 1)
+    recall = tp / len(ground_truth)
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # monotone envelope
+    points = np.linspace(0, 1, 101)
+    idx = np.searchsorted(recall, points, side="left")
+    sampled = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
+    return float(sampled.mean())
+
+
+def coco_map(detections, ground_truth, iou=box_iou) -> dict:
+    """mAP over IoU 0.50:0.95 and AP at 0.50 (COCO's two headline numbers)."""
+    aps = [detection_ap(detections, ground_truth, t, iou) for t in COCO_IOUS]
+    return {"map": float(np.mean(aps)), "map50": aps[0]}
+
+
+def best_f1(scores, labels) -> float:
+    """The best F1 over all thresholds of a score list (classification)."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(labels[order])
+    precision = tp / np.arange(1, len(order) + 1)
+    recall = tp / max(labels.sum(), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    return float(f1.max()) if len(f1) else 0.0
+
+
+def precision_recall_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(labels[order])
+    return tp / np.arange(1, len(order) + 1), tp / max(labels.sum(), 1)

@@ -1,0 +1,226 @@
+"""`edge-persrep eval`: pretrained vs personalized, on the paper's four tasks, per split.
+
+Each object gets its own personalized model per synthesis method (as in the paper); the
+pretrained backbone is shared. For object o and a model M:
+    classification  AP and best F1 over the split's test images; label = o is in the image;
+                    score = max cosine to o's training photos
+    retrieval       queries = the split's images whose main object is o; gallery = every object's
+                    training photos; NDCG, MRR, top-1/5/10
+    detection       one region per test image (the largest blob of the similarity map; confidence =
+                    max cosine of its box-pooled patches to the references'); COCO mAP and mAP50,
+                    images without o count as negatives (their detections are false positives)
+    segmentation    the same with masks (where the dataset has them)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..runtime import Bundle, Finder, PrototypeStore
+from ..runtime.errors import EdgePersrepError
+from ..runtime.images import list_images, load_image
+from . import metrics
+
+
+@dataclass
+class TestItem:
+    path: Path
+    split: str
+    main: str  # the object the image was made for
+    instances: dict[str, dict] = field(default_factory=dict)  # name -> {"box": [..] | None, "mask": Path | None}
+
+
+@dataclass
+class EvalObject:
+    name: str
+    category: str
+    train: list[Path]
+    train_masks: Path | None = None  # folder of masks named like the training photos
+
+
+@dataclass
+class EvalSet:
+    layout: str
+    objects: list[EvalObject]
+    tests: list[TestItem]
+
+
+def load_pods(root: Path) -> EvalSet:
+    """PODS-style layout (what `make-dataset procedural` writes; see eval/procedural.py)."""
+    classes, notes = root / "classes.txt", root / "annotations.json"
+    if not classes.is_file() or not notes.is_file():
+        raise EdgePersrepError(f"{root}: expected classes.txt and annotations.json (PODS-style layout; "
+                               "see `edge-persrep make-dataset procedural`)")
+    objects = []
+    for line in classes.read_text().splitlines():
+        if "," in line:
+            name, category = line.strip().split(",", 1)
+            masks = root / name / "masks" / "train"
+            objects.append(EvalObject(name, category, list_images([root / name / "train"]), masks if masks.is_dir() else None))
+    tests = []
+    for e in json.loads(notes.read_text())["images"]:
+        inst = {n: {"box": v.get("box"), "mask": root / v["mask"] if v.get("mask") else None} for n, v in e["instances"].items()}
+        tests.append(TestItem(root / e["file"], e["split"], e["object"], inst))
+    return EvalSet("pods", objects, tests)
+
+
+def load_dreambooth_hard(root: Path, work: Path, subjects: list[str] | None = None) -> EvalSet:
+    """The DreamBooth photos under the hard protocol (eval/protocols.py), written to `work`."""
+    from .datasets import load_dreambooth
+    from .protocols import hard_test_set
+
+    all_subjects = load_dreambooth(root)
+    test_dir = work / "testset"
+    test_dir.mkdir(parents=True, exist_ok=True)
+    tests = []
+    for i, t in enumerate(hard_test_set(all_subjects)):
+        path = test_dir / f"{i:04d}_{t.kind}.jpg"
+        if not path.exists():
+            t.image.save(path, quality=92)
+        main = t.source.split("/")[0]
+        tests.append(TestItem(path, t.kind, main, {n: {"box": list(t.boxes[n]) if n in t.boxes else None, "mask": None}
+                                                   for n in t.subjects}))
+    chosen = subjects or list(all_subjects)
+    objects = [EvalObject(n, all_subjects[n].category, all_subjects[n].photos[:3]) for n in chosen]
+    return EvalSet("dreambooth", objects, tests)
+
+
+def _negatives_dir(evalset: EvalSet, obj: EvalObject, work: Path) -> Path:
+    """Training negatives: the other objects' training photos, same category first (all of them),
+    plus one photo of every other object."""
+    folder = work / "negatives" / obj.name
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        for other in evalset.objects:
+            if other.name != obj.name:
+                for p in (other.train if other.category == obj.category else other.train[:1]):
+                    shutil.copy(p, folder / f"{other.name}_{p.name}")
+    return folder
+
+
+def _masks(obj: EvalObject) -> list[np.ndarray] | None:
+    if obj.train_masks is None:
+        return None
+    return [np.asarray(Image.open(obj.train_masks / f"{p.stem}.png").convert("L")) >= 128 for p in obj.train]
+
+
+def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gallery, gallery_owner, examples) -> dict:
+    store = PrototypeStore(finder.bundle.model_sha256, finder.bundle.layout.embedding_dim, finder.bundle.layout.grid_dim)
+    finder.store = store
+    store.add(finder.make_prototype(obj.name, obj.train, obj.category, masks=_masks(obj)))
+    proto = store.objects[obj.name]
+    results = {}
+    for split in sorted({t.split for t in evalset.tests}):
+        idx = [i for i, t in enumerate(evalset.tests) if t.split == split]
+        labels = [obj.name in evalset.tests[i].instances for i in idx]
+        if not any(labels):
+            continue
+        scores = [float((proto.embeddings @ feats[i].embedding).max()) for i in idx]
+        r = {"classification_ap": metrics.average_precision(scores, labels), "classification_f1": metrics.best_f1(scores, labels)}
+        queries = [i for i in idx if evalset.tests[i].main == obj.name]
+        ranked = []
+        for i in queries:
+            order = np.argsort(-(gallery @ feats[i].embedding), kind="stable")
+            ranked.append(gallery_owner[order] == obj.name)
+        if ranked:
+            ranked = np.array(ranked)
+            r.update({"retrieval_ndcg": metrics.ndcg(ranked), "retrieval_mrr": metrics.mean_reciprocal_rank(ranked),
+                      **{f"retrieval_top{k}": metrics.top_k_accuracy(ranked, k) for k in (1, 5, 10)}})
+        boxes_gt = {i: evalset.tests[i].instances[obj.name]["box"] for i in idx
+                    if obj.name in evalset.tests[i].instances and evalset.tests[i].instances[obj.name]["box"]}
+        masks_gt = {i: evalset.tests[i].instances[obj.name]["mask"] for i in idx
+                    if obj.name in evalset.tests[i].instances and evalset.tests[i].instances[obj.name]["mask"]}
+        if boxes_gt:
+            box_dets, mask_dets = [], []
+            for i in idx:
+                match = finder.classify(feats[i])[0]
+                match = finder.locate(feats[i], match, with_mask=bool(masks_gt))
+                conf = match.box_score if match.box_score is not None else -1.0
+                box_dets.append((i, conf, match.box))
+                if masks_gt:
+                    mask_dets.append((i, conf, match.mask if match.box is not None else None))
+                if i in boxes_gt:
+                    examples.append({"object": obj.name, "split": split, "image": str(evalset.tests[i].path),
+                                     "iou": metrics.box_iou(match.box, boxes_gt[i]) if match.box else 0.0,
+                                     "box": match.box, "gt": boxes_gt[i], "score": conf})
+            det = metrics.coco_map(box_dets, boxes_gt)
+            r.update({"detection_map": det["map"], "detection_map50": det["map50"]})
+            if masks_gt:
+                gt = {i: np.asarray(Image.open(p).convert("L")) >= 128 for i, p in masks_gt.items()}
+                seg = metrics.coco_map(mask_dets, gt, iou=metrics.mask_iou)
+                r.update({"segmentation_map": seg["map"], "segmentation_map50": seg["map50"]})
+        results[split] = r
+    return results
+
+
+def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, steps: int | None = None,
+             preset: str = "quick", seed: int = 0, only: list[str] | None = None) -> dict:
+    """`only`: evaluate these objects (all by default); every object stays in the gallery and
+    among the negatives."""
+    from ..pipeline import export_pretrained, personalize
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    timings: dict[str, float] = {}
+    started = time.time()
+    pretrained_dir = work / "models" / "pretrained"
+    if not (pretrained_dir / "bundle.json").is_file():
+        export_pretrained(backbone, pretrained_dir, force=True)
+    timings["export_pretrained_s"] = round(time.time() - started, 1)
+
+    def features(bundle_dir: Path):
+        bundle = Bundle.load(bundle_dir)
+        layout = bundle.layout
+        finder = Finder(bundle, PrototypeStore(bundle.model_sha256, layout.embedding_dim, layout.grid_dim))
+        feats = finder.embed([t.path for t in evalset.tests])
+        gallery_feats = finder.embed([p for o in evalset.objects for p in o.train])
+        return finder, feats, np.stack([g.embedding for g in gallery_feats])
+
+    gallery_owner = np.array([o.name for o in evalset.objects for _ in o.train])
+    results: dict = {"pretrained": {}}
+    examples: dict = {"pretrained": []}
+    started = time.time()
+    finder, feats, gallery = features(pretrained_dir)
+    chosen = [o for o in evalset.objects if only is None or o.name in only]
+    for obj in chosen:
+        results["pretrained"][obj.name] = _score_object(finder, obj, evalset, feats, gallery, gallery_owner,
+                                                        examples["pretrained"])
+    timings["eval_pretrained_s"] = round(time.time() - started, 1)
+    for method in methods:
+        results[method], examples[method] = {}, []
+        for obj in chosen:
+            if method == "cutpaste" and obj.train_masks is None:
+                continue  # Cut-and-Paste needs masks; this dataset has none
+            started = time.time()
+            bundle = personalize(obj.train, obj.name, obj.category, work / "models" / method / obj.name,
+                                 backbone=backbone, synth_method=method, negatives=[_negatives_dir(evalset, obj, work)],
+                                 masks=obj.train_masks, preset=preset, steps=steps, seed=seed, device="cpu")
+            timings[f"personalize_{method}_{obj.name}_s"] = round(time.time() - started, 1)
+            started = time.time()
+            finder, feats, gallery = features(bundle)
+            results[method][obj.name] = _score_object(finder, obj, evalset, feats, gallery, gallery_owner, examples[method])
+            timings[f"eval_{method}_{obj.name}_s"] = round(time.time() - started, 1)
+    return {"layout": evalset.layout, "backbone": backbone, "methods": methods, "preset": preset, "steps": steps,
+            "objects": [o.name for o in chosen], "splits": sorted({t.split for t in evalset.tests}),
+            "results": results, "summary": summarize(results), "timings": timings, "examples": examples}
+
+
+def summarize(results: dict) -> dict:
+    """Mean over objects: {model: {split | "all": {metric: value}}} ("all" averages the splits)."""
+    out = {}
+    for model, per_object in results.items():
+        table: dict = {}
+        for obj_results in per_object.values():
+            for split, values in obj_results.items():
+                for key in (split, "all"):
+                    for metric, v in values.items():
+                        table.setdefault(key, {}).setdefault(metric, []).append(v)
+        out[model] = {s: {m: float(np.mean(v)) for m, v in ms.items()} for s, ms in table.items()}
+    return out
