@@ -19,7 +19,6 @@ Deterministic from the seed: the same seed writes the same bytes.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ def make_instances(n_objects: int, seed: int) -> list[Instance]:
     """n objects spread over the categories, no two alike (same-category ones share base colour)."""
     rng = random.Random(seed)
     cats = list(CATEGORIES)
-    combos = {c: rng.sample([(p, l, k) for p in PATTERNS for l in LOGOS for k in range(len(LOGO_COLOURS))], 20)
+    combos = {c: rng.sample([(p, g, k) for p in PATTERNS for g in LOGOS for k in range(len(LOGO_COLOURS))], 20)
               for c in cats}
     out = []
     for i in range(n_objects):

@@ -4,7 +4,6 @@ best and worst localisation cases as overlay images in `img/`)."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -57,7 +56,7 @@ def write_report(report: dict, out: Path) -> Path:
     img.mkdir(exist_ok=True)
     models = list(report["results"])
     summary = report["summary"]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edge-persrep evaluation</title>"
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>edge-persrep evaluation</title>"
              "<style>body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;margin:8px 0}"
              "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#eee}.loss{background:#fdd}"
              ".gain{background:#dfd}img{margin:3px;border:1px solid #999}</style></head><body>",

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..runtime import Bundle, Finder, PrototypeStore
 from ..runtime.errors import EdgePersrepError
-from ..runtime.images import list_images, load_image
+from ..runtime.images import list_images
 from . import metrics
 
 
