@@ -57,6 +57,9 @@ def _add_export(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-persrep", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--offline", action="store_true",
+                        help="never touch the network (also the effect of HF_HUB_OFFLINE=1); packaged and --weights "
+                             "backbones never do anyway, hub backbones then fail with what to pass instead")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_personalize(sub)
     _add_export(sub)
@@ -299,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK", "ORT_DISABLE_TELEMETRY"):
         os.environ.setdefault(var, "1")
     args = build_parser().parse_args(argv)
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         COMMANDS[args.command](args)
     except EdgePersrepError as exc:

@@ -149,3 +149,8 @@ def test_read_only_output_directory_gives_one_line_and_keeps_the_store(tmp_path,
     assert out.returncode == 2, out.stderr
     assert "Read-only file system" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert (bundle / "prototypes.npz").read_bytes() == before
+
+
+def test_offline_flag_refuses_a_hub_backbone_with_what_to_do(tmp_path):
+    out = run_cli("--offline", "export", "--backbone", "dinov2_vits14", "--pretrained", "--out", tmp_path / "b", check=False)
+    assert out.returncode == 2 and "--weights FILE" in out.stderr and not (tmp_path / "b").exists()
