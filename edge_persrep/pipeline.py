@@ -10,6 +10,7 @@ A run directory records how it was made and lets a rerun resume:
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -53,6 +54,27 @@ def _copy_photos(paths: Sequence[Path], out: Path) -> list[Path]:
             image.save(target, format="JPEG", quality=92)
         copies.append(target)
     return copies
+
+
+RESUME_KEYS = ("name", "backbone", "synth", "preset", "seed", "photo_sha256", "negatives", "train_config")
+
+
+def _refuse_other_settings(out: Path, record: dict, force: bool) -> None:
+    """A rerun resumes only a run made with the same settings; `--force` starts it over instead."""
+    import json
+
+    run_json = out / "run.json"
+    if not run_json.is_file():
+        return
+    old = json.loads(run_json.read_text())
+    changed = [k for k in RESUME_KEYS if json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(record[k]))]
+    if not changed:
+        return
+    if not force:
+        raise EdgePersrepError(f"{out}: this run was made with other settings ({', '.join(changed)}); resuming it "
+                               "would mix them. Use a new --out, or --force to start this run over")
+    for stage in ("synth", "train", "bundle"):
+        shutil.rmtree(out / stage, ignore_errors=True)
 
 
 def _copy_masks(masks: Sequence, reference: Sequence[Path], out: Path) -> list[Path]:
@@ -121,6 +143,7 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
               "seed": seed, "device": device, "photos": [p.name for p in reference],
               "photo_sha256": [sha256_file(p) for p in photo_paths], "negatives": len(negative_paths),
               "train_config": asdict(config), "versions": versions(), "timings": timings}
+    _refuse_other_settings(out, record, force)
     atomic_write_json(run_json, record)
     timings["prepare_s"] = round(time.time() - started, 1)
 

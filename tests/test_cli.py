@@ -154,3 +154,14 @@ def test_read_only_output_directory_gives_one_line_and_keeps_the_store(tmp_path,
 def test_offline_flag_refuses_a_hub_backbone_with_what_to_do(tmp_path):
     out = run_cli("--offline", "export", "--backbone", "dinov2_vits14", "--pretrained", "--out", tmp_path / "b", check=False)
     assert out.returncode == 2 and "--weights FILE" in out.stderr and not (tmp_path / "b").exists()
+
+
+def test_rerun_with_other_settings_is_refused_not_mixed(personalized_run, examples, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(personalized_run, run)
+    out = run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
+                  "--negatives", examples / "negatives", "--steps", "5", "--seed", "1", check=False)
+    assert out.returncode == 2 and "other settings (train_config)" in out.stderr
+    assert json.loads((run / "train" / "summary.json").read_text())["steps"] == 4  # nothing was touched
