@@ -273,6 +273,7 @@ def cmd_eval(args) -> None:
         evalset = load_dreambooth_hard(args.dataset, args.out / "work")
     else:
         evalset = load_pods(args.dataset)
+        evalset.layout = args.layout  # procedural data is read with the PODS-style loader
     only = args.objects.split(",") if args.objects else None
     unknown = set(only or []) - {o.name for o in evalset.objects}
     if unknown:
