@@ -129,3 +129,28 @@ def test_adapter_alone_reproduces_the_merged_model(personalized_run, tmp_path):
     plain = create_backbone("efficientnet_lite0")
     with torch.no_grad():
         assert not torch.allclose(plain(x)[0], a(x)[0])
+
+
+def test_onnxruntime_lora_adapter_switches_objects_on_one_base(personalized_run, tmp_path):
+    """One base session: no adapter = the pretrained model; the object's adapter = its merged model."""
+    from edge_persrep.export.ort_lora import run_with_adapter
+    from edge_persrep.runtime.bundle import make_session
+
+    run_cli("export-adapter", personalized_run, "--out", tmp_path / "adapter")
+    folder = tmp_path / "adapter"
+    info = json.loads((folder / "adapter_info.json").read_text())
+    assert info["onnxruntime_adapter"]["parameters"] == 34  # A and B of 17 LoRA'd convs
+    assert (folder / "object.onnx_adapter").stat().st_size < 0.2 * (personalized_run / "bundle" / "model.onnx").stat().st_size
+    pretrained = tmp_path / "pretrained"
+    run_cli("export", "--backbone", "efficientnet_lite0", "--pretrained", "--out", pretrained)
+    x = np.random.default_rng(0).integers(0, 256, (2, 320, 320, 3), dtype=np.uint8)
+    session = make_session(folder / "lora_base.onnx", ["CPUExecutionProvider"])
+    with_adapter = run_with_adapter(session, folder / "object.onnx_adapter", x)
+    without = run_with_adapter(session, None, x)
+    merged = make_session(personalized_run / "bundle" / "model.onnx", ["CPUExecutionProvider"]).run(None, {"image": x})
+    plain = make_session(pretrained / "model.onnx", ["CPUExecutionProvider"]).run(None, {"image": x})
+    assert np.min(np.sum(with_adapter[0] * merged[0], axis=1)) >= 0.9999
+    assert np.min(np.sum(without[0] * plain[0], axis=1)) >= 0.9999
+    # the adapter really changes the model (4 training steps: a small but real change) toward the merged one
+    assert np.abs(with_adapter[0] - without[0]).max() > 1e-3
+    assert np.min(np.sum(with_adapter[0] * merged[0], axis=1)) > np.max(np.sum(with_adapter[0] * plain[0], axis=1))

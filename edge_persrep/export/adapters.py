@@ -2,8 +2,10 @@
 whole model, plus what it must be applied to (base backbone, weight source and its sha256).
 
 Load it with `create_backbone(base)` + `contrastive.load_adapter(backbone, folder)`: the merged
-model is the one the run exported. (An ONNX Runtime LoRA adapter, to switch objects at run time on
-one base ONNX model, is not built yet: see the README.)
+model is the one the run exported. The folder also holds the same LoRA in ONNX Runtime's adapter
+format (`object.onnx_adapter`) and the base graph it plugs into (`lora_base.onnx`, identical for
+every object trained with the same backbone and LoRA config): one session serves every object,
+switched per run (see ort_lora.py).
 """
 
 from __future__ import annotations
@@ -40,11 +42,17 @@ def export_adapter(run_dir: Path, out: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy2(source / name, staging / name)
+    from .ort_lora import export_lora_adapter, export_lora_base
+
+    export_lora_base(spec.name, source, staging / "lora_base.onnx", spec.preprocess.export_size)
+    ort_adapter = export_lora_adapter(spec.name, source, staging / "lora_base.onnx", staging / "object.onnx_adapter")
     atomic_write_json(staging / "adapter_info.json", {
         "object": record["name"], "category": record.get("category", ""),
         "base": {"backbone": spec.name, "timm_name": spec.timm_name, "weights": spec.weights_package or spec.hub_id,
                  "weights_sha256": base_weights_sha256(spec.name)},
-        "files": {n: sha256_file(staging / n) for n in ("adapter_config.json", "adapter_model.safetensors")},
+        "files": {n: sha256_file(staging / n) for n in ("adapter_config.json", "adapter_model.safetensors",
+                                                        "lora_base.onnx", "object.onnx_adapter")},
+        "onnxruntime_adapter": {**ort_adapter, "base": "lora_base.onnx", "input_size": spec.preprocess.export_size},
         "training": record.get("train_config"),
     })
     if out.exists():
