@@ -40,12 +40,13 @@ def test_manifest_records_how_the_bundle_was_made(pretrained_bundle):
     assert {"torch", "onnxruntime", "edge_persrep"} <= set(m["versions"])
 
 
-def test_vit_export_has_no_resize_and_matches_torch(tmp_path):
-    backbone = create_backbone("dinov2_vits14", pretrained=False)
+@pytest.mark.parametrize("name,emb,grid", [("dinov2_vits14", (768,), (16, 16, 384)), ("clip_vitb16", (1536,), (14, 14, 768))])
+def test_vit_export_has_no_resize_and_matches_torch(tmp_path, name, emb, grid):
+    backbone = create_backbone(name, pretrained=False)
     check = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     result, emb_shape, grid_shape = export_onnx(backbone, tmp_path / "m.onnx", 224, check)
     assert result["min_cosine_embedding"] >= 0.9999 and result["min_cosine_patch_grid"] >= 0.9999
-    assert tuple(emb_shape) == (768,) and tuple(grid_shape) == (16, 16, 384)
+    assert tuple(emb_shape) == emb and tuple(grid_shape) == grid
     ops = {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
     assert "Resize" not in ops  # position embeddings precomputed at the export size
 
