@@ -42,12 +42,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _copy_name(index: int, path: Path) -> str:
+    return f"{index:03d}_{path.stem}.jpg"
+
+
 def _copy_photos(paths: Sequence[Path], out: Path) -> list[Path]:
     """Copy photos into the run (upright RGB JPEG, downscaled): the run owns its inputs."""
     out.mkdir(parents=True, exist_ok=True)
     copies = []
     for i, path in enumerate(paths):
-        target = out / f"{i:03d}_{path.stem}.jpg"
+        target = out / _copy_name(i, path)
         if not target.exists():
             image = load_image(path)
             image.thumbnail((COPY_SIDE, COPY_SIDE), Image.BICUBIC)
@@ -73,7 +77,7 @@ def _refuse_other_settings(out: Path, record: dict, force: bool) -> None:
     if not force:
         raise EdgePersrepError(f"{out}: this run was made with other settings ({', '.join(changed)}); resuming it "
                                "would mix them. Use a new --out, or --force to start this run over")
-    for stage in ("synth", "train", "bundle"):
+    for stage in ("photos", "masks", "negatives", "synth", "train", "bundle"):
         shutil.rmtree(out / stage, ignore_errors=True)
 
 
@@ -127,9 +131,14 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
 
     timings: dict[str, float] = {}
     started = time.time()
+    negative_images = gather_negatives([Path(d) for d in negatives], others)
+    record = {"name": name, "category": category, "backbone": backbone, "synth": synth_method, "preset": preset,
+              "seed": seed, "device": device, "photos": [_copy_name(i, p) for i, p in enumerate(photo_paths)],
+              "photo_sha256": [sha256_file(p) for p in photo_paths], "negatives": len(negative_images),
+              "train_config": asdict(config), "versions": versions(), "timings": timings}
+    _refuse_other_settings(out, record, force)  # before anything in the run is reused or overwritten
     reference = _copy_photos(photo_paths, out / "photos")
     mask_paths = _copy_masks(mask_arrays, reference, out / "masks") if mask_arrays else None
-    negative_images = gather_negatives([Path(d) for d in negatives], others)
     negative_paths = []
     (out / "negatives").mkdir(exist_ok=True)
     for i, image in enumerate(negative_images):
@@ -139,11 +148,6 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
             image.thumbnail((COPY_SIDE, COPY_SIDE), Image.BICUBIC)
             image.save(target, format="JPEG", quality=92)
         negative_paths.append(target)
-    record = {"name": name, "category": category, "backbone": backbone, "synth": synth_method, "preset": preset,
-              "seed": seed, "device": device, "photos": [p.name for p in reference],
-              "photo_sha256": [sha256_file(p) for p in photo_paths], "negatives": len(negative_paths),
-              "train_config": asdict(config), "versions": versions(), "timings": timings}
-    _refuse_other_settings(out, record, force)
     atomic_write_json(run_json, record)
     timings["prepare_s"] = round(time.time() - started, 1)
 

@@ -165,3 +165,7 @@ def test_rerun_with_other_settings_is_refused_not_mixed(personalized_run, exampl
                   "--negatives", examples / "negatives", "--steps", "5", "--seed", "1", check=False)
     assert out.returncode == 2 and "other settings (train_config)" in out.stderr
     assert json.loads((run / "train" / "summary.json").read_text())["steps"] == 4  # nothing was touched
+    run_cli("personalize", examples / "dog" / "00.jpg", examples / "dog" / "01.jpg", "--name", "my_dog", "--category",
+            "dog", "--out", run, "--negatives", examples / "negatives", "--steps", "5", "--seed", "1", "--force")
+    assert json.loads((run / "train" / "summary.json").read_text())["steps"] == 5  # started over
+    assert sorted(p.name for p in (run / "photos").iterdir()) == ["000_00.jpg", "001_01.jpg"]
