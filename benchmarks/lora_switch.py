@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edge_persrep.eval.bench import print_and_save
 from edge_persrep.runtime.bundle import make_session
 
 
@@ -79,11 +80,7 @@ def main(argv=None) -> int:
             "merged_model_run_ms_median": round(statistics.median(plain), 2),
             "min_cosine_adapter_vs_merged": round(min(cosines), 6),
         }
-    for k, v in report.items():
-        print(f"| {k} | {v} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    print_and_save(report, args.out)
     return 0
 
 

@@ -13,7 +13,6 @@ embeddings, median per query.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_persrep.eval.bench import print_and_save
 from edge_persrep.runtime import Finder, Prototype, list_images, load_image
 from edge_persrep.runtime.finder import top_k
 from edge_persrep.server_side.synth.augment import paper_augment
@@ -107,13 +107,7 @@ def main(argv=None) -> int:
     report["retrieval_top10_median_ms"] = round(statistics.median(times), 2)
     report["retrieval_top10_max_ms"] = round(max(times), 2)
 
-    print("| measurement | value |")
-    print("|---|---|")
-    for k, v in report.items():
-        print(f"| {k} | {v} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    print_and_save(report, args.out)
     return 0
 
 

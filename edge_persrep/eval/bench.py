@@ -159,3 +159,14 @@ def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_ini
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
     return report
+
+
+def print_and_save(report: dict, out: Path) -> None:
+    """A flat benchmark report as a two-column Markdown table on stdout, and as JSON at `out`."""
+    print("| measurement | value |")
+    print("|---|---|")
+    for key, value in report.items():
+        print(f"| {key} | {value} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
