@@ -46,16 +46,21 @@ def _copy_name(index: int, path: Path) -> str:
     return f"{index:03d}_{path.stem}.jpg"
 
 
+def _save_copy(image: Image.Image, target: Path) -> None:
+    """The run's copy of an input photo: upright RGB JPEG, downscaled to COPY_SIDE."""
+    image = image.copy()
+    image.thumbnail((COPY_SIDE, COPY_SIDE), Image.BICUBIC)
+    image.save(target, format="JPEG", quality=92)
+
+
 def _copy_photos(paths: Sequence[Path], out: Path) -> list[Path]:
-    """Copy photos into the run (upright RGB JPEG, downscaled): the run owns its inputs."""
+    """Copy photos into the run: the run owns its inputs."""
     out.mkdir(parents=True, exist_ok=True)
     copies = []
     for i, path in enumerate(paths):
         target = out / _copy_name(i, path)
         if not target.exists():
-            image = load_image(path)
-            image.thumbnail((COPY_SIDE, COPY_SIDE), Image.BICUBIC)
-            image.save(target, format="JPEG", quality=92)
+            _save_copy(load_image(path), target)
         copies.append(target)
     return copies
 
@@ -144,9 +149,7 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     for i, image in enumerate(negative_images):
         target = out / "negatives" / f"{i:04d}.jpg"
         if not target.exists():
-            image = image.copy()
-            image.thumbnail((COPY_SIDE, COPY_SIDE), Image.BICUBIC)
-            image.save(target, format="JPEG", quality=92)
+            _save_copy(image, target)
         negative_paths.append(target)
     atomic_write_json(run_json, record)
     timings["prepare_s"] = round(time.time() - started, 1)

@@ -14,21 +14,14 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from .. import __version__
 from ..server_side.backbones import Backbone
-from .onnx_export import l2_normalize
+from .onnx_export import ExportWrapper, l2_normalize
 from .static_graph import freeze_same_padding
 
 
-class CoreMLWrapper(nn.Module):
-    def __init__(self, backbone: Backbone, size: int):
-        super().__init__()
-        self.backbone = freeze_same_padding(backbone, size)
-        pre = backbone.spec.preprocess
-        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(pre.std).view(1, 3, 1, 1)))
-        self.register_buffer("offset", (torch.tensor(pre.mean) / torch.tensor(pre.std)).view(1, 3, 1, 1))
+class CoreMLWrapper(ExportWrapper):
+    """ExportWrapper's normalisation and outputs for Core ML's float NCHW 0-255 image input."""
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding, grid = self.backbone(image * self.scale - self.offset)
@@ -38,7 +31,7 @@ class CoreMLWrapper(nn.Module):
 def export_coreml(backbone: Backbone, path: Path, size: int, manifest: dict) -> dict:
     import coremltools as ct
 
-    wrapper = CoreMLWrapper(backbone, size).eval()
+    wrapper = CoreMLWrapper(freeze_same_padding(backbone, size)).eval()
     example = torch.rand(1, 3, size, size) * 255
     program = torch.export.export(wrapper, (example,)).run_decompositions({})
     model = ct.convert(

@@ -61,22 +61,34 @@ def unit_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, np.sum(a * b, axis=-1))
 
 
+def trace_onnx(wrapper: nn.Module, path: Path, size: int, constant_folding: bool = True) -> None:
+    """The raw TorchScript export of a wrapper: input `image` uint8 [batch, S, S, 3], outputs
+    `embedding` and `patch_grid`, dynamic batch."""
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, (torch.zeros(1, size, size, 3, dtype=torch.uint8),), str(path), dynamo=False,
+            opset_version=OPSET, input_names=["image"], output_names=["embedding", "patch_grid"],
+            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "patch_grid": {0: "batch"}},
+            do_constant_folding=constant_folding,
+        )
+
+
+def finish_graph(raw: Path, path: Path) -> None:
+    """Raw export -> shipped graph: onnxruntime's basic optimisations, then Pads folded into Convs."""
+    basic_optimize(raw, path)
+    fold_pads_into_convs(path)
+
+
 def export_onnx(backbone: Backbone, path: Path, size: int, check_images: np.ndarray) -> dict:
     """Write `path`; return the measured agreement with torch on `check_images` (uint8 [N,S,S,3]) and
     the per-image output shapes ([D], [h, w, C]). Raise ExportError if the minimum cosine of either
     output is below MIN_COSINE."""
     wrapper = ExportWrapper(freeze_same_padding(backbone, size)).eval()
-    dummy = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     raw = path.with_name(path.name + ".raw")
+    trace_onnx(wrapper, raw, size)
+    finish_graph(raw, path)
+    raw.unlink()
     with torch.no_grad():
-        torch.onnx.export(
-            wrapper, (dummy,), str(raw), dynamo=False, opset_version=OPSET,
-            input_names=["image"], output_names=["embedding", "patch_grid"],
-            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "patch_grid": {0: "batch"}},
-        )
-        basic_optimize(raw, path)
-        raw.unlink()
-        fold_pads_into_convs(path)
         ref_embedding, ref_grid = (t.numpy() for t in wrapper(torch.from_numpy(check_images)))
     from ..runtime.bundle import make_session
 

@@ -17,8 +17,7 @@ import torch
 
 from ..runtime.errors import EdgePersrepError
 from ..server_side.backbones import create_backbone
-from .graph_passes import basic_optimize, fold_pads_into_convs
-from .onnx_export import OPSET, ExportWrapper
+from .onnx_export import ExportWrapper, finish_graph, trace_onnx
 from .static_graph import freeze_same_padding
 
 LORA_MARK = ".lora_"
@@ -51,11 +50,7 @@ def export_lora_base(backbone_name: str, adapter_dir: Path, path: Path, size: in
     ort.set_default_logger_severity(3)  # ORT warns once per overridable initializer, which is the point here
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
-        with torch.no_grad():
-            torch.onnx.export(wrapper, (torch.zeros(1, size, size, 3, dtype=torch.uint8),), str(raw), dynamo=False,
-                              opset_version=OPSET, input_names=["image"], output_names=["embedding", "patch_grid"],
-                              dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}, "patch_grid": {0: "batch"}},
-                              do_constant_folding=False)
+        trace_onnx(wrapper, raw, size, constant_folding=False)
         model = onnx.load(str(raw))
         names = [i.name for i in model.graph.initializer if LORA_MARK in i.name]
         if not names:
@@ -70,8 +65,7 @@ def export_lora_base(backbone_name: str, adapter_dir: Path, path: Path, size: in
                 model.graph.input.append(helper.make_tensor_value_info(init.name, onnx.TensorProto.FLOAT, list(zeros.shape)))
         exposed = Path(tmp) / "exposed.onnx"
         onnx.save(model, str(exposed))
-        basic_optimize(exposed, path)  # overridable initializers are not folded away
-    fold_pads_into_convs(path)
+        finish_graph(exposed, path)  # overridable initializers are not folded away
     return names
 
 

@@ -79,9 +79,9 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Horizontal runs of True: (row, start, end) arrays, end exclusive, in row order."""
-    padded = np.pad(np.asarray(mask, dtype=np.int8), ((0, 0), (1, 1)))
-    rows, starts = np.nonzero(np.diff(padded, axis=1) == 1)
-    _, ends = np.nonzero(np.diff(padded, axis=1) == -1)
+    edges = np.diff(np.pad(np.asarray(mask, dtype=np.int8), ((0, 0), (1, 1))), axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    _, ends = np.nonzero(edges == -1)
     return rows, starts, ends
 
 
