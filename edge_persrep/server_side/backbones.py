@@ -34,9 +34,9 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 @dataclass(frozen=True)
 class Preprocess:
     train_size: int  # training crop (paper: RandomResizedCrop(224))
-    export_size: int  # fixed input of the exported model (whole photo, stretched); Lite0 measured:
-    # classification AP on the DreamBooth photos 0.945 at 224 and 320, 0.901 at 448, so 320 gives a
-    # finer patch grid (10x10) for boxes at no cost to classification
+    export_size: int  # fixed input of the exported model (whole photo, stretched); Lite0 measured
+    # (benchmarks/export_size.py): classification AP on the DreamBooth photos 0.945 at 224 and 320,
+    # 0.901 at 448, so 320 gives a finer patch grid (10x10) for boxes at no cost to classification
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
