@@ -22,7 +22,10 @@ def _add_personalize(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="run directory (resumable; bundle in OUT/bundle)")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors or state dict)")
-    p.add_argument("--synth", default="augment", help="augment | cutpaste")
+    p.add_argument("--synth", default="augment",
+                   help="augment | cutpaste | dreambooth | masked-dreambooth | combined (the last three run "
+                        "Stable Diffusion: a GPU machine, see --sd-model)")
+    p.add_argument("--synth-data", type=Path, help="use a finished `edge-persrep synth` output instead of generating")
     p.add_argument("--negatives", type=Path, action="append", default=[],
                    help="folder of photos of other objects of the same category (repeatable)")
     p.add_argument("--others", type=Path, help="a bundle whose enrolled objects serve as negatives")
@@ -33,6 +36,74 @@ def _add_personalize(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="write into a non-empty directory that is not a run")
+    _add_diffusion_options(p)
+
+
+def _add_diffusion_options(p) -> None:
+    g = p.add_argument_group("Stable Diffusion synthesis (dreambooth, masked-dreambooth, combined)")
+    g.add_argument("--sd-model", default=None,
+                   help="hub id or local diffusers folder (default stable-diffusion-v1-5/stable-diffusion-v1-5); "
+                        "--offline reads only the local cache")
+    g.add_argument("--positives", type=int, help="positives to generate (paper 450; default: the preset's)")
+    g.add_argument("--synth-negatives", type=int, default=1000, help="negatives from the un-tuned model (paper 1000)")
+    g.add_argument("--dreambooth", default="lora", choices=["lora", "full"], help="LoRA (8 GB GPUs) or full (paper)")
+    g.add_argument("--db-steps", type=int, default=400, help="DreamBooth steps (paper 400)")
+    g.add_argument("--db-lr", type=float, help="DreamBooth learning rate (default 1e-4 LoRA, 2e-6 full)")
+    g.add_argument("--db-rank", type=int, default=16, help="DreamBooth LoRA rank")
+    g.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too (paper)")
+    g.add_argument("--prior-weight", type=float, default=1.0, help="prior-preservation loss weight (paper 1.0)")
+    g.add_argument("--class-images", type=int, default=200, help="prior-preservation class images (paper 200)")
+    g.add_argument("--token", default="sks", help="the rare token the object is bound to")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="DreamBooth and sampling precision (auto: fp16 on CUDA, fp32 on CPU)")
+    g.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance (paper 5.0; 4.0, 7.5)")
+    g.add_argument("--scheduler", default="pndm", choices=["pndm", "ddim", "dpm++"],
+                   help="pndm (SD 1.5's, 50 steps, paper) | ddim | dpm++ (DPM-Solver++, 25 steps)")
+    g.add_argument("--sample-steps", type=int, help="denoising steps (default: 50, or 25 for dpm++)")
+    g.add_argument("--sample-batch", type=int, default=8, help="images per sampling batch")
+    g.add_argument("--scenes", type=int, default=100, help="combined: generated backgrounds for Cut-and-Paste")
+    g.add_argument("--prompts", type=Path, help="prompt file replacing the built-in bank (one per line, {subject})")
+    g.add_argument("--min-similarity", type=float,
+                   help="filter: keep a positive whose object crop has at least this mean cosine to the real "
+                        "photos (default: paper's 0.6, 0.55 for animals; -1 keeps everything)")
+
+
+def _diffusion_options(args, device: str = "cpu"):
+    from .server_side.synth.dreambooth import DreamBoothConfig
+    from .server_side.synth.personalized_generation import DiffusionOptions
+    from .server_side.synth.sampling import SamplingConfig
+    from .server_side.synth.sd_models import DEFAULT_SD_MODEL
+
+    return DiffusionOptions(
+        sd_model=args.sd_model or DEFAULT_SD_MODEL,
+        dreambooth=DreamBoothConfig(mode=args.dreambooth, steps=args.db_steps, lr=args.db_lr, rank=args.db_rank,
+                                    train_text_encoder=args.train_text_encoder, prior_weight=args.prior_weight,
+                                    class_images=args.class_images, token=args.token, precision=args.precision,
+                                    seed=args.seed),
+        sampling=SamplingConfig(cfg=args.cfg, scheduler=args.scheduler, steps=args.sample_steps,
+                                batch_size=args.sample_batch),
+        negatives=args.synth_negatives, backgrounds=args.scenes, prompts_file=args.prompts,
+        min_similarity=args.min_similarity, device=device)
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="synthesis alone: photos -> generated positives and negatives (inspectable; "
+                                     "shards over GPUs under `accelerate launch`)")
+    p.add_argument("images", nargs="+", help="photos of the object, or a folder of them")
+    p.add_argument("--category", required=True)
+    p.add_argument("--out", required=True, type=Path, help="data directory (resumable)")
+    p.add_argument("--method", default="dreambooth", choices=["dreambooth", "masked-dreambooth", "combined"])
+    p.add_argument("--masks", type=Path, help="folder of object masks named like the photos")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="the filter's embedder")
+    p.add_argument("--weights", type=Path, help="local weights for --backbone")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    _add_diffusion_options(p)
+    p = sub.add_parser("make-test-sd", help="write a randomly initialised Stable-Diffusion-shaped diffusers folder "
+                                            "(tiny: try the DreamBooth path offline; sd15: benchmarks)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--architecture", default="tiny", choices=["tiny", "sd15"])
+    p.add_argument("--seed", type=int, default=0)
 
 
 def _add_export(sub) -> None:
@@ -62,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "backbones never do anyway, hub backbones then fail with what to pass instead")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_personalize(sub)
+    _add_synth(sub)
     _add_export(sub)
     p = sub.add_parser("enroll", help="add an object to a bundle from its photos (runtime only)")
     p.add_argument("bundle", type=Path)
@@ -114,13 +186,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_personalize(args) -> None:
-    from .pipeline import personalize
+    from .pipeline import personalize, resolve_device
 
     bundle = personalize(args.images, args.name, args.category, args.out, backbone=args.backbone,
                          synth_method=args.synth, negatives=args.negatives, masks=args.masks,
                          backgrounds=args.backgrounds, others=args.others, preset=args.preset, device=args.device,
-                         seed=args.seed, weights=args.weights, steps=args.steps, force=args.force)
+                         seed=args.seed, weights=args.weights, steps=args.steps, force=args.force,
+                         diffusion=_diffusion_options(args, resolve_device(args.device)), positives=args.positives,
+                         synth_data=args.synth_data)
     print(f"personalized '{args.name}': bundle at {bundle}")
+
+
+def cmd_synth(args) -> None:
+    from .pipeline import resolve_device
+    from .runtime import list_images
+    from .runtime.images import refuse_duplicates
+    from .server_side.synth import SynthRequest, match_masks, personalized_generation
+
+    photos = list_images(args.images)
+    refuse_duplicates(photos)
+    options = _diffusion_options(args, resolve_device(args.device))
+    options.filter_backbone, options.filter_weights = args.backbone, args.weights
+    request = SynthRequest(photos=photos, category=args.category, out_dir=args.out, count=args.positives or 450,
+                           seed=args.seed, masks=match_masks(photos, args.masks) if args.masks else None,
+                           diffusion=options)
+    result = personalized_generation.generate(request, args.method)
+    print(f"synth data at {args.out}: {len(result.positives)} positives, {len(result.negatives)} negatives")
+
+
+def cmd_make_test_sd(args) -> None:
+    from .server_side.synth.sd_models import build_random_sd
+
+    out = build_random_sd(args.out, args.architecture, args.seed)
+    print(f"random-weight {args.architecture} Stable Diffusion at {out} (it draws noise: for trying the pipeline "
+          "and for benchmarks, not for real data)")
 
 
 def cmd_export(args) -> None:
@@ -291,8 +390,9 @@ def cmd_make_dataset(args) -> None:
     print(f"dataset at {make_dataset(args.out, args.objects, args.seed)}")
 
 
-COMMANDS = {"eval": cmd_eval, "make-dataset": cmd_make_dataset, "personalize": cmd_personalize, "export": cmd_export, "export-adapter": cmd_export_adapter, "enroll": cmd_enroll, "find": cmd_find,
-            "retrieve": cmd_retrieve, "info": cmd_info, "bench": cmd_bench}
+COMMANDS = {"eval": cmd_eval, "make-dataset": cmd_make_dataset, "personalize": cmd_personalize, "synth": cmd_synth,
+            "make-test-sd": cmd_make_test_sd, "export": cmd_export, "export-adapter": cmd_export_adapter,
+            "enroll": cmd_enroll, "find": cmd_find, "retrieve": cmd_retrieve, "info": cmd_info, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,10 @@ A run directory records how it was made and lets a rerun resume:
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -65,13 +66,13 @@ def _copy_photos(paths: Sequence[Path], out: Path) -> list[Path]:
     return copies
 
 
-RESUME_KEYS = ("name", "backbone", "synth", "preset", "seed", "photo_sha256", "negatives", "train_config")
+RESUME_KEYS = ("name", "backbone", "synth", "preset", "seed", "photo_sha256", "negatives", "train_config",
+               "diffusion", "synth_data")
+ENROLL_GENERATED_NEGATIVES = 32  # generated negatives that also calibrate the enrolled object's threshold
 
 
 def _refuse_other_settings(out: Path, record: dict, force: bool) -> None:
     """A rerun resumes only a run made with the same settings; `--force` starts it over instead."""
-    import json
-
     run_json = out / "run.json"
     if not run_json.is_file():
         return
@@ -111,13 +112,25 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
                 synth_method: str = "augment", negatives: Sequence[Path] = (), masks: Path | None = None,
                 backgrounds: Path | None = None, others: Path | None = None, preset: str = "quick",
                 device: str = "auto", seed: int = 0, weights: Path | None = None, steps: int | None = None,
-                force: bool = False) -> Path:
-    """The whole server-side job; returns the bundle directory (RUN/bundle)."""
+                force: bool = False, diffusion=None, positives: int | None = None,
+                synth_data: Path | None = None) -> Path:
+    """The whole server-side job; returns the bundle directory (RUN/bundle).
+
+    `diffusion` (synth.personalized_generation.DiffusionOptions) configures the DreamBooth methods;
+    `synth_data` uses a finished `edge-persrep synth` output instead of generating."""
     get_spec(backbone)  # an unknown backbone fails before any work starts
     device = resolve_device(device)
     config = get_preset(preset, seed=seed)
     if steps is not None:
         config = get_preset(preset, seed=seed, triplets=steps * config.batch_size, epochs=1)
+    if positives is not None:
+        config = replace(config, positives=positives)
+    uses_diffusion = synth_method in synth.DIFFUSION_METHODS and synth_data is None
+    if uses_diffusion:
+        from .server_side.synth.personalized_generation import DiffusionOptions
+
+        diffusion = replace(diffusion or DiffusionOptions(), device=device, filter_backbone=backbone,
+                            filter_weights=weights)
     photo_paths = list_images(photos)
     for p in photo_paths:
         load_image(p)  # every bad photo is refused before any long work starts
@@ -126,7 +139,16 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     mask_arrays = synth.read_masks(photo_paths, original_masks) if original_masks else None  # refuse bad masks now
     if synth_method == "cutpaste" and not original_masks:
         raise EdgePersrepError("--synth cutpaste needs --masks DIR (one PNG per photo, white = object)")
-    if not negatives and others is None:
+    if uses_diffusion:  # masks, SD folder, options: all checked before any long work
+        from .server_side.synth.personalized_generation import check_request
+
+        check_request(synth.SynthRequest(photo_paths, category, out / "synth", count=config.positives,
+                                         masks=original_masks, diffusion=diffusion), synth_method)
+    if synth_data is not None:
+        from .server_side.synth.personalized_generation import read_synth_data
+
+        read_synth_data(Path(synth_data), category)
+    if not negatives and others is None and synth_method not in synth.DIFFUSION_METHODS:
         raise EdgePersrepError("no negatives: pass --negatives DIR (photos of other objects of the same "
                                "category) or --others BUNDLE (objects already enrolled)")
     run_json = out / "run.json"
@@ -140,7 +162,9 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     record = {"name": name, "category": category, "backbone": backbone, "synth": synth_method, "preset": preset,
               "seed": seed, "device": device, "photos": [_copy_name(i, p) for i, p in enumerate(photo_paths)],
               "photo_sha256": [sha256_file(p) for p in photo_paths], "negatives": len(negative_images),
-              "train_config": asdict(config), "versions": versions(), "timings": timings}
+              "train_config": asdict(config), "versions": versions(), "timings": timings,
+              "diffusion": json.loads(json.dumps(asdict(diffusion), default=str)) if uses_diffusion else None,
+              "synth_data": str(synth_data) if synth_data is not None else None}
     _refuse_other_settings(out, record, force)  # before anything in the run is reused or overwritten
     reference = _copy_photos(photo_paths, out / "photos")
     mask_paths = _copy_masks(mask_arrays, reference, out / "masks") if mask_arrays else None
@@ -155,18 +179,24 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     timings["prepare_s"] = round(time.time() - started, 1)
 
     started = time.time()
-    request = synth.SynthRequest(photos=reference, category=category, out_dir=out / "synth", count=config.positives,
-                                 seed=seed, masks=mask_paths,
-                                 backgrounds=list_images([backgrounds]) if backgrounds else negative_paths)
-    positives = synth.generate(synth_method, request).positives
+    if synth_data is not None:
+        from .server_side.synth.personalized_generation import read_synth_data
+
+        result = read_synth_data(Path(synth_data), category)
+    else:
+        request = synth.SynthRequest(photos=reference, category=category, out_dir=out / "synth",
+                                     count=config.positives, seed=seed, masks=mask_paths, diffusion=diffusion,
+                                     backgrounds=list_images([backgrounds]) if backgrounds else negative_paths)
+        result = synth.generate(synth_method, request)
+    positives = result.positives
+    enroll_negatives = negative_paths + result.negatives[:ENROLL_GENERATED_NEGATIVES]
+    negative_paths = negative_paths + result.negatives
     timings["synth_s"] = round(time.time() - started, 1)
 
     started = time.time()
     model = create_backbone(backbone, pretrained=True, weights=weights)
     train_dir = out / "train"
     if (train_dir / "summary.json").is_file() and (train_dir / "adapter" / "adapter_config.json").is_file():
-        import json
-
         summary = json.loads((train_dir / "summary.json").read_text())
         load_adapter(model, train_dir / "adapter")
     else:
@@ -175,8 +205,8 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     timings["train_s"] = round(time.time() - started, 1)
 
     started = time.time()
-    bundle_dir = export_bundle(model, out / "bundle", reference, summary, name, category, negative_paths, force=True,
-                               masks=mask_paths)
+    bundle_dir = export_bundle(model, out / "bundle", reference, summary, name, category, enroll_negatives,
+                               force=True, masks=mask_paths)
     timings["export_enroll_s"] = round(time.time() - started, 1)
     atomic_write_json(run_json, record)
     return bundle_dir
@@ -208,7 +238,7 @@ def run_calibration(run_dir: Path, size: int):
     from .export.precision import CheckSet
 
     positives = sorted((run_dir / "synth" / "positives").glob("*.jpg"))
-    negatives = sorted((run_dir / "negatives").glob("*.jpg"))
+    negatives = sorted((run_dir / "negatives").glob("*.jpg")) + sorted((run_dir / "synth" / "negatives").glob("*.jpg"))
     calibration = _as_inputs(positives[0::2][:64] + negatives[0::2][:32], size)
     checks = CheckSet(_as_inputs(sorted((run_dir / "photos").glob("*.jpg")), size),
                       _as_inputs(positives[1::2][:32], size), _as_inputs(negatives[1::2][:32], size))
@@ -227,7 +257,6 @@ def folder_calibration(folder: Path, size: int):
 def export_run(run_dir: Path, out: Path, force: bool = False, formats: Sequence[str] = ("onnx",),
                precisions: Sequence[str] = ("fp32",), force_int8: bool = False, gate=None) -> Path:
     """Re-export a finished run (its adapter merged), re-enroll its object, and add variants."""
-    import json
 
     from .export.precision import Gate
     from .export.variants import add_variants
@@ -242,7 +271,8 @@ def export_run(run_dir: Path, out: Path, force: bool = False, formats: Sequence[
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     prepare_output_dir(out, force)
     reference = sorted((run_dir / "photos").glob("*.jpg"))
-    negatives = sorted((run_dir / "negatives").glob("*.jpg"))
+    generated = sorted((run_dir / "synth" / "negatives").glob("*.jpg"))[:ENROLL_GENERATED_NEGATIVES]
+    negatives = sorted((run_dir / "negatives").glob("*.jpg")) + generated
     masks = synth.match_masks(reference, run_dir / "masks") if (run_dir / "masks").is_dir() else None
     export_bundle(model, out, reference, summary, record["name"], record.get("category", ""), negatives,
                   force=force, masks=masks)

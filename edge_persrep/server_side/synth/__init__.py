@@ -1,4 +1,8 @@
-"""Synthetic training data. Each generator: `generate(SynthRequest) -> SynthResult`."""
+"""Synthetic training data. Each generator: `generate(SynthRequest) -> SynthResult`.
+
+augment and cutpaste need only the photos (and masks); dreambooth, masked-dreambooth and combined
+run Stable Diffusion (`personalized_generation`), imported only when asked for.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,22 @@ from ...runtime.errors import EdgePersrepError
 from . import augment, cutpaste
 from .base import SynthRequest, SynthResult, match_masks, read_masks
 
+DIFFUSION_METHODS = ("dreambooth", "masked-dreambooth", "combined")
+
+
+def _diffusion(method: str) -> Callable[[SynthRequest], SynthResult]:
+    def run(request: SynthRequest) -> SynthResult:
+        from . import personalized_generation
+
+        return personalized_generation.generate(request, method)
+
+    return run
+
+
 GENERATORS: dict[str, Callable[[SynthRequest], SynthResult]] = {
     "augment": augment.generate,
     "cutpaste": cutpaste.generate,
+    **{m: _diffusion(m) for m in DIFFUSION_METHODS},
 }
 
 
@@ -20,4 +37,4 @@ def generate(method: str, request: SynthRequest) -> SynthResult:
     return GENERATORS[method](request)
 
 
-__all__ = ["GENERATORS", "SynthRequest", "SynthResult", "generate", "match_masks", "read_masks"]
+__all__ = ["DIFFUSION_METHODS", "GENERATORS", "SynthRequest", "SynthResult", "generate", "match_masks", "read_masks"]

@@ -1,4 +1,4 @@
-"""The synthesis interface every generator plugs into (augment, cutpaste; DreamBooth later).
+"""The synthesis interface every generator plugs into (augment, cutpaste, the DreamBooth family).
 
 A generator reads a `SynthRequest` and writes positives into `out_dir/positives/` plus a manifest
 (`out_dir/manifest.json`) that records, per image, its file, source and parameters. Images already
@@ -7,6 +7,7 @@ listed in the manifest and present on disk are skipped, so an interrupted run re
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -33,12 +34,14 @@ class SynthRequest:
     size: int = 256  # stored side; training crops from it (paper: RandomResizedCrop(224))
     masks: list[Path] | None = None  # one binary mask per photo, same size (white = object)
     backgrounds: list[Path] = field(default_factory=list)
+    diffusion: object | None = None  # DiffusionOptions for the Stable Diffusion generators
 
 
 @dataclass
 class SynthResult:
     positives: list[Path]
     manifest: Path
+    negatives: list[Path] = field(default_factory=list)  # generated negatives (DreamBooth methods)
 
 
 def load_masks(request: SynthRequest) -> list[np.ndarray]:
@@ -83,33 +86,110 @@ def match_masks(photos: list[Path], mask_dir: Path) -> list[Path]:
     return found
 
 
-def run_generator(request: SynthRequest, name: str, make_one: Callable[[random.Random, int], tuple[Image.Image, dict]]) -> SynthResult:
-    """Shared driver: per-image seeds (seed, index), resume from the manifest, atomic writes, progress."""
-    out = request.out_dir / "positives"
+def image_seed(seed: int | str, index: int) -> int:
+    """The seed of image `index`: the same whatever the batch, the shard or the order of generation."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:7], "big")
+
+
+def shard_indices(count: int, rank: int, world: int) -> range:
+    """The images process `rank` of `world` makes: every world-th index from its rank, so shards
+    never overlap and together cover 0..count-1."""
+    if not 0 <= rank < world:
+        raise EdgePersrepError(f"process rank {rank} is outside 0..{world - 1}")
+    return range(rank, count, world)
+
+
+def run_generator(request: SynthRequest, name: str,
+                  make_one: Callable[[random.Random, int], tuple[Image.Image, dict]] | None = None, *,
+                  make_batch: Callable[[list[int]], list[tuple[Image.Image, dict]]] | None = None,
+                  batch_size: int = 1, subdir: str = "positives", manifest_name: str = "manifest.json",
+                  settings: dict | None = None, shard: tuple[int, int] = (0, 1)) -> SynthResult:
+    """Shared driver: per-image seeds, resume from the manifest, atomic writes, progress.
+
+    `make_one(rng, index)` makes one image from an RNG seeded by (seed, index); `make_batch(indices)`
+    makes several at once (diffusion), seeding each image itself with `image_seed`. With
+    `shard=(rank, world)` this process makes only its share and keeps its own part manifest;
+    `merge_shards` joins the parts when every process is done.
+    """
+    rank, world = shard
+    out = request.out_dir / subdir
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = request.out_dir / "manifest.json"
-    manifest = _read_manifest(manifest_path, name, request)
+    manifest_path = request.out_dir / (manifest_name if world == 1 else _part_name(manifest_name, rank, world))
+    manifest = _read_manifest(manifest_path, name, request, settings)
     done = {e["file"] for e in manifest["images"] if (request.out_dir / e["file"]).is_file()}
+    if world > 1:  # a single-process run made earlier counts too
+        main = request.out_dir / manifest_name
+        if main.is_file():
+            earlier = _read_manifest(main, name, request, settings)["images"]
+            manifest["images"] += [e for e in earlier if e["file"] not in done and (request.out_dir / e["file"]).is_file()]
+            done |= {e["file"] for e in manifest["images"]}
     manifest["images"] = [e for e in manifest["images"] if e["file"] in done]
-    for index in tqdm(range(request.count), desc=f"synth {name}", unit="img", leave=False):
-        rel = f"positives/{index:05d}.jpg"
-        if rel in done:
-            continue
-        image, params = make_one(random.Random(f"{request.seed}:{index}"), index)
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=92)
-        atomic_write_bytes(request.out_dir / rel, buffer.getvalue())
-        manifest["images"].append({"file": rel, "seed": f"{request.seed}:{index}", **params})
-        if index % 50 == 49:
-            atomic_write_json(manifest_path, manifest)
+    mine = shard_indices(request.count, rank, world)
+    todo = [i for i in mine if f"{subdir}/{i:05d}.jpg" not in done]
+    written = 0
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"synth {name} {subdir}", unit="img",
+              leave=False) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            if make_batch is not None:
+                made = make_batch(chunk)
+            else:
+                made = [make_one(random.Random(f"{request.seed}:{i}"), i) for i in chunk]
+            for index, (image, params) in zip(chunk, made):
+                rel = f"{subdir}/{index:05d}.jpg"
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=92)
+                atomic_write_bytes(request.out_dir / rel, buffer.getvalue())
+                manifest["images"].append({"file": rel, "seed": f"{request.seed}:{index}", **params})
+                written += 1
+            bar.update(len(chunk))
+            if make_batch is not None or written % 50 < len(chunk):
+                atomic_write_json(manifest_path, manifest)
     manifest["images"].sort(key=lambda e: e["file"])
     atomic_write_json(manifest_path, manifest)
-    return SynthResult([request.out_dir / e["file"] for e in manifest["images"][: request.count]], manifest_path)
+    return SynthResult([request.out_dir / e["file"] for e in manifest["images"] if e["file"] in _files(subdir, mine)],
+                       manifest_path)
 
 
-def _read_manifest(path: Path, name: str, request: SynthRequest) -> dict:
+def _files(subdir: str, indices) -> set[str]:
+    return {f"{subdir}/{i:05d}.jpg" for i in indices}
+
+
+def _part_name(manifest_name: str, rank: int, world: int) -> str:
+    stem = manifest_name.removesuffix(".json")
+    return f"{stem}.part{rank}-of-{world}.json"
+
+
+def merge_shards(request: SynthRequest, name: str, world: int, subdir: str = "positives",
+                 manifest_name: str = "manifest.json", settings: dict | None = None) -> SynthResult:
+    """Join the part manifests of a sharded run into one, refusing overlaps and gaps."""
+    entries: dict[str, dict] = {}
+    main = request.out_dir / manifest_name
+    parts = [request.out_dir / _part_name(manifest_name, r, world) for r in range(world)]
+    for path in [main, *parts]:
+        if path.is_file():
+            for e in _read_manifest(path, name, request, settings)["images"]:
+                entries.setdefault(e["file"], e)
+    expected = _files(subdir, range(request.count))
+    missing = sorted(expected - {f for f in entries if (request.out_dir / f).is_file()})
+    if missing:
+        raise EdgePersrepError(f"{request.out_dir}: sharded generation left {len(missing)} image(s) missing "
+                               f"(first: {missing[0]}); rerun the same command to finish them")
+    manifest = {**_header(name, request, settings), "images": sorted(entries.values(), key=lambda e: e["file"])}
+    atomic_write_json(main, manifest)
+    for path in parts:
+        path.unlink(missing_ok=True)
+    return SynthResult([request.out_dir / e["file"] for e in manifest["images"] if e["file"] in expected], main)
+
+
+def _header(name: str, request: SynthRequest, settings: dict | None) -> dict:
     header = {"generator": name, "category": request.category, "seed": request.seed, "size": request.size,
               "photos": [p.name for p in request.photos]}
+    return {**header, **json.loads(json.dumps(settings or {}))}
+
+
+def _read_manifest(path: Path, name: str, request: SynthRequest, settings: dict | None = None) -> dict:
+    header = _header(name, request, settings)
     if path.is_file():
         try:
             manifest = json.loads(path.read_text())

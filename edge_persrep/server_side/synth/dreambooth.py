@@ -1,0 +1,337 @@
+"""DreamBooth: teach Stable Diffusion the user's object under a rare token ("a photo of sks dog").
+
+The method, step by step (Ruiz et al. 2023; the paper's settings in `DreamBoothConfig`):
+1. Encode the real photos (and their mirror images) and the class images to VAE latents, once.
+2. Each step: noise a photo's latents at a random timestep and ask the UNet, conditioned on the
+   instance prompt, to predict that noise; do the same for a class image with the class prompt.
+3. Loss = instance MSE (only on object pixels for masked DreamBooth) + prior_weight x class MSE.
+   The class term (prior preservation) keeps the model able to draw *other* members of the
+   category, which we need for negatives and varied scenes.
+4. Train LoRA adapters (default; fits an 8 GB GPU) or the whole UNet (the paper: lr 2e-6,
+   400 steps), optionally the text encoder too. Mixed precision and gradient checkpointing on CUDA.
+The run checkpoints every `checkpoint_every` steps and resumes; the result is saved as LoRA weights
+(diffusers format, loadable with `pipe.load_lora_weights`) or as a full UNet folder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ...runtime.errors import EdgePersrepError
+from ...runtime.files import atomic_write_json
+from .sd_models import StableDiffusion
+
+LORA_TARGETS_UNET = ["to_q", "to_k", "to_v", "to_out.0"]
+LORA_TARGETS_TEXT = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass
+class DreamBoothConfig:
+    mode: str = "lora"  # lora (default: consumer GPUs) | full (the paper)
+    steps: int = 400  # paper: 400
+    lr: float | None = None  # None: 1e-4 for LoRA, 2e-6 for full (paper)
+    rank: int = 16  # LoRA rank (alpha = rank)
+    train_text_encoder: bool = False  # paper: True (full); costs memory
+    prior_weight: float = 1.0  # paper: 1.0
+    class_images: int = 200  # paper: 200
+    token: str = "sks"  # rare token the object is bound to
+    batch_size: int = 1  # instance images per step (plus as many class images)
+    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    gradient_checkpointing: bool | None = None  # None: on for CUDA
+    checkpoint_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("lora", "full"):
+            raise EdgePersrepError(f"DreamBooth mode '{self.mode}': use lora or full")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise EdgePersrepError(f"precision '{self.precision}': use auto, fp32, fp16 or bf16")
+        if self.lr is None:
+            self.lr = 1e-4 if self.mode == "lora" else 2e-6
+        if self.steps < 1 or self.batch_size < 1:
+            raise EdgePersrepError("DreamBooth steps and batch size must be at least 1")
+
+    def subject(self, category: str) -> str:
+        return f"{self.token} {category}"
+
+    def instance_prompt(self, category: str) -> str:
+        return f"a photo of {self.subject(category)}"
+
+
+def class_prompt(category: str) -> str:
+    """The un-tuned model's prompt for class images and negatives (paper: "a photo of a {category}")."""
+    return f"a photo of a {category}"
+
+
+def check_precision(precision: str, device: str) -> None:
+    """fp16/bf16 training is CUDA-only here: refuse it on a CPU before anything is loaded."""
+    if precision in ("fp16", "bf16") and device != "cuda":
+        raise EdgePersrepError(f"--precision {precision} needs a CUDA GPU (this run is on {device}); "
+                               "use --precision fp32 or auto on a CPU")
+
+
+def weight_dtype(precision: str, device: str):
+    import torch
+
+    check_precision(precision, device)
+    if precision == "auto":
+        precision = "fp16" if device == "cuda" else "fp32"
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+# --- the loss --------------------------------------------------------------------------------
+
+def dreambooth_loss(pred, target, instance_count: int, masks=None, prior_weight: float = 1.0):
+    """Prior-preserving (and optionally masked) DreamBooth loss.
+
+    pred, target: [B, C, h, w]; the first `instance_count` rows are the object's photos, the rest are
+    class images. masks: [instance_count, 1, h, w], 1 = object. Instance term: mean squared error
+    over object pixels only (background pixels contribute nothing, so no gradient) or over all
+    pixels without masks. Class term: plain MSE, times `prior_weight`. Returns (loss, parts).
+    """
+    err = (pred.float() - target.float()) ** 2
+    instance = err[:instance_count]
+    if masks is not None:
+        weight = masks.to(err.dtype).expand_as(instance)
+        instance_loss = (instance * weight).sum() / weight.sum().clamp_min(1.0)
+    else:
+        instance_loss = instance.mean()
+    if instance_count == err.shape[0]:
+        return instance_loss, {"instance": instance_loss.item(), "prior": 0.0}
+    prior_loss = err[instance_count:].mean()
+    return instance_loss + prior_weight * prior_loss, {"instance": instance_loss.item(), "prior": prior_loss.item()}
+
+
+def latent_mask(mask: np.ndarray, size: int, latent_side: int):
+    """A photo's object mask, cropped like the photo, at latent resolution: a latent cell counts as
+    object if any object pixel falls in it (so the object's edges keep their loss)."""
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.from_numpy(np.asarray(center_square(Image.fromarray(mask.astype(np.uint8) * 255), size)) > 127)
+    return (F.interpolate(m[None, None].float(), size=(latent_side, latent_side), mode="area") > 0).float()[0]
+
+
+def center_square(image: Image.Image, size: int) -> Image.Image:
+    """DreamBooth's preprocessing: shorter side to `size`, centre crop."""
+    w, h = image.size
+    scale = size / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+# --- training --------------------------------------------------------------------------------
+
+class _Latents:
+    """VAE latent distributions (mean, std) of a fixed image set; a fresh sample each draw."""
+
+    def __init__(self, sd: StableDiffusion, images: Sequence[Image.Image], size: int, device, dtype):
+        import torch
+
+        means, stds = [], []
+        with torch.no_grad():
+            for image in images:
+                x = torch.from_numpy(np.asarray(center_square(image.convert("RGB"), size), np.float32) / 127.5 - 1.0)
+                dist = sd.vae.encode(x.permute(2, 0, 1)[None].to(device, sd.vae.dtype)).latent_dist
+                means.append(dist.mean.float().cpu())
+                stds.append(dist.std.float().cpu())
+        self.mean, self.std = torch.cat(means), torch.cat(stds)
+        self.scale = float(getattr(sd.vae.config, "scaling_factor", 0.18215))
+
+    def sample(self, indices: list[int]):
+        import torch
+
+        return (self.mean[indices] + self.std[indices] * torch.randn_like(self.mean[indices])) * self.scale
+
+
+def _add_lora(sd: StableDiffusion, config: DreamBoothConfig) -> None:
+    from peft import LoraConfig
+
+    sd.unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian",
+                                   target_modules=LORA_TARGETS_UNET))
+    if config.train_text_encoder:
+        sd.text_encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian",
+                                               target_modules=LORA_TARGETS_TEXT))
+
+
+def _trainable(sd: StableDiffusion, config: DreamBoothConfig):
+    import torch
+
+    if config.mode == "full":
+        sd.unet.float().requires_grad_(True)  # fp32 master weights; autocast does the half-precision maths
+        if config.train_text_encoder:
+            sd.text_encoder.float().requires_grad_(True)
+    modules = torch.nn.ModuleDict({"unet": sd.unet, "text_encoder": sd.text_encoder})
+    for p in modules.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # LoRA weights train in fp32 even when the base is fp16
+    return modules
+
+
+def fine_tune(sd: StableDiffusion, photos: Sequence[Image.Image], class_images: Sequence[Image.Image],
+              category: str, config: DreamBoothConfig, out_dir: Path, device: str = "cpu",
+              masks: Sequence[np.ndarray] | None = None, resolution: int | None = None) -> dict:
+    """Fine-tune `sd` in place on `photos`; save the result under `out_dir` and return a summary.
+
+    A finished run (out_dir/dreambooth.json with the same config) is loaded instead of retrained.
+    """
+    import torch
+
+    from ..contrastive import Checkpoints
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = out_dir / "dreambooth.json"
+    record = {"config": asdict(config), "category": category, "photos": len(photos), "masked": masks is not None,
+              "class_images": len(class_images)}
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if {k: summary.get(k) for k in record} == json.loads(json.dumps(record)):
+            load_tuned(sd, out_dir, config)
+            return summary
+        raise EdgePersrepError(f"{out_dir}: DreamBooth was trained with other settings; delete {out_dir} to retrain")
+
+    dev = torch.device(device)
+    dtype = weight_dtype(config.precision, device)
+    size = resolution or sd.resolution
+    latent_side = size // sd.latent_factor
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    mirrored = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in photos]
+    instance = _Latents(sd, list(photos) + mirrored, size, dev, dtype)
+    prior = _Latents(sd, class_images, size, dev, dtype) if class_images and config.prior_weight > 0 else None
+    if masks is not None:
+        flat = [latent_mask(m, size, latent_side) for m in masks]
+        mask_bank = torch.stack(flat + [m.flip(-1) for m in flat])
+    with torch.no_grad():
+        prompt_states = sd.encode_prompts([config.instance_prompt(category), class_prompt(category)]).float().cpu()
+    ids = sd.tokenizer([config.instance_prompt(category), class_prompt(category)], padding="max_length",
+                       max_length=sd.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(sd.scheduler_config)
+    base_dtypes = (sd.unet.dtype, sd.text_encoder.dtype)
+    if config.mode == "lora":
+        _add_lora(sd, config)
+    modules = _trainable(sd, config)
+    params = [p for p in modules.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-2)
+    use_checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
+    if use_checkpointing:
+        sd.unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            sd.text_encoder.gradient_checkpointing_enable()
+    sd.unet.train()
+    sd.text_encoder.train(config.train_text_encoder)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device == "cuda")
+    autocast = torch.autocast(device_type=dev.type, dtype=dtype, enabled=dtype != torch.float32)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    checkpoints = Checkpoints(out_dir, config)
+    first_step, losses = checkpoints.restore(modules, optimizer, rng)
+    b, n = config.batch_size, len(photos)
+    started = time.time()
+    for step in tqdm(range(first_step, config.steps), desc="dreambooth", unit="step", initial=first_step,
+                     total=config.steps):
+        chosen = [rng.randrange(2 * n) for _ in range(b)]  # a photo or its mirror image
+        latents = [instance.sample(chosen)]
+        if prior is not None:
+            latents.append(prior.sample([rng.randrange(len(class_images)) for _ in range(b)]))
+        latents = torch.cat(latents)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),))
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
+        rows = [0] * b + ([1] * b if prior is not None else [])
+        with autocast:
+            if config.train_text_encoder:
+                states = sd.text_encoder(ids[rows].to(dev))[0]
+            else:
+                states = prompt_states[rows].to(dev, dtype)
+            pred = sd.unet(noisy.to(dev, dtype), t.to(dev), states).sample
+        loss, parts = dreambooth_loss(pred, target.to(dev), b, mask_bank[chosen].to(dev) if masks is not None else None,
+                                      config.prior_weight)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append([round(loss.item(), 6), round(parts["instance"], 6), round(parts["prior"], 6)])
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            checkpoints.save(step + 1, losses, modules, optimizer, rng)
+    seconds = time.time() - started
+    sd.unet.eval()
+    sd.text_encoder.eval()
+    if use_checkpointing:
+        sd.unet.disable_gradient_checkpointing()
+    for module in (sd.unet, sd.text_encoder):
+        module.requires_grad_(False)
+    save_tuned(sd, out_dir, config)
+    for module, dtype in zip((sd.unet, sd.text_encoder), base_dtypes):
+        if module.dtype != dtype:
+            module.to(dtype)  # back to the sampling precision
+    checkpoints.clear()
+    summary = {**record, "steps_run": config.steps - first_step, "seconds": round(seconds, 1),
+               "seconds_per_step": round(seconds / max(1, config.steps - first_step), 4),
+               "loss_first10_mean": round(float(np.mean([x[0] for x in losses[:10]])), 6),
+               "loss_last10_mean": round(float(np.mean([x[0] for x in losses[-10:]])), 6),
+               "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+               "resolution": size, "device": device, "precision": str(dtype).replace("torch.", "")}
+    atomic_write_json(out_dir / "loss.json", {"columns": ["total", "instance", "prior"], "loss": losses})
+    atomic_write_json(summary_path, summary)
+    return summary
+
+
+# --- saving and loading the result -------------------------------------------------------------
+
+def save_tuned(sd: StableDiffusion, out_dir: Path, config: DreamBoothConfig) -> None:
+    """LoRA: `pytorch_lora_weights.safetensors` (diffusers format: `pipe.load_lora_weights(out_dir)`).
+    Full: `unet/` (and `text_encoder/`) folders in diffusers layout."""
+    if config.mode == "lora":
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        text = (convert_state_dict_to_diffusers(get_peft_model_state_dict(sd.text_encoder))
+                if config.train_text_encoder else None)
+        StableDiffusionPipeline.save_lora_weights(
+            out_dir, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(sd.unet)),
+            text_encoder_lora_layers=text, safe_serialization=True)
+    else:
+        sd.unet.save_pretrained(out_dir / "unet", safe_serialization=True)
+        if config.train_text_encoder:
+            sd.text_encoder.save_pretrained(out_dir / "text_encoder", safe_serialization=True)
+
+
+def load_tuned(sd: StableDiffusion, out_dir: Path, config: DreamBoothConfig) -> None:
+    """Put a saved DreamBooth result into `sd` (fresh from `load_sd`)."""
+    if config.mode == "lora":
+        from diffusers import StableDiffusionPipeline as Pipe
+
+        state, alphas = Pipe.lora_state_dict(out_dir, weight_name="pytorch_lora_weights.safetensors")
+        Pipe.load_lora_into_unet(state, alphas, sd.unet, adapter_name="default")
+        if config.train_text_encoder:
+            Pipe.load_lora_into_text_encoder(state, alphas, sd.text_encoder, prefix="text_encoder",
+                                             adapter_name="default")
+    else:
+        from diffusers import UNet2DConditionModel
+
+        sd.unet.load_state_dict(UNet2DConditionModel.from_pretrained(out_dir / "unet").state_dict())
+        if config.train_text_encoder:
+            from transformers import CLIPTextModel
+
+            sd.text_encoder.load_state_dict(CLIPTextModel.from_pretrained(out_dir / "text_encoder").state_dict())
+    for module in (sd.unet, sd.text_encoder):
+        module.requires_grad_(False).eval()

@@ -1,0 +1,171 @@
+"""Personalized generation: 3 photos -> DreamBooth -> hundreds of new photos of the object, and negatives.
+
+The method top to bottom (`generate`), every stage resumable and recorded in `synth.json`:
+0. Check everything that can be wrong before any long work: photos, masks, the SD folder, options.
+1. Un-tuned Stable Diffusion, prompt "a photo of a {category}": the negatives (paper: 1,000). The
+   first `class_images` of them (paper: 200) double as DreamBooth's prior-preservation class images:
+   same model, same prompt, so generating them twice would only cost time.
+   For `combined`, also scene backgrounds without the object for Cut-and-Paste.
+2. DreamBooth (LoRA by default, or full), masked when masks are given (`masked-dreambooth`).
+3. Tuned model, context prompts ("a photo of sks dog on a beach"): the positives (paper: 450).
+4. Filter: keep positives whose object crop embeds close to the real photos.
+5. `combined` (the paper's best): add Cut-and-Paste positives on the generated backgrounds.
+
+Under `accelerate launch` every process generates its own share of each image set; process 0
+alone fine-tunes (the others wait, then load its weights), filters and writes the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ...runtime.errors import EdgePersrepError
+from ...runtime.files import atomic_write_json
+from ...runtime.images import load_image
+from . import cutpaste
+from .base import SynthRequest, SynthResult, read_masks
+from .dreambooth import DreamBoothConfig, check_precision, class_prompt, fine_tune, load_tuned, weight_dtype
+from .filtering import Embedder, default_threshold, filter_generated
+from .prompts import background_prompts, bank, read_prompt_file
+from .sampling import Sampler, SamplingConfig, process_shard, sample_set, wait_for_everyone
+from .sd_models import DEFAULT_SD_MODEL, load_sd, resolve_sd_model
+
+METHODS = ("dreambooth", "masked-dreambooth", "combined")
+
+
+@dataclass
+class DiffusionOptions:
+    sd_model: str = DEFAULT_SD_MODEL
+    dreambooth: DreamBoothConfig = field(default_factory=DreamBoothConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    negatives: int = 1000  # paper: ~1,000 negatives from the un-tuned model
+    backgrounds: int = 100  # combined: generated scenes Cut-and-Paste pastes onto
+    prompts_file: Path | None = None  # replaces the built-in prompt bank
+    min_similarity: float | None = None  # filter threshold; None: paper's (0.6, 0.55 for animals); <= -1: off
+    device: str = "cpu"
+    filter_backbone: str = "efficientnet_lite0"
+    filter_weights: Path | None = None
+
+
+def check_request(request: SynthRequest, method: str) -> Path:
+    """Every input check that can fail, done before anything is loaded; returns the SD folder."""
+    options = request.diffusion or DiffusionOptions()
+    if method not in METHODS:
+        raise EdgePersrepError(f"unknown diffusion method '{method}'; choose one of: {', '.join(METHODS)}")
+    if len(request.photos) < 1:
+        raise EdgePersrepError("DreamBooth needs at least 1 photo of the object (3 recommended)")
+    for photo in request.photos:
+        load_image(photo)
+    if method in ("masked-dreambooth", "combined") and not request.masks:
+        raise EdgePersrepError(f"--synth {method} needs --masks DIR (one PNG per photo, white = object)")
+    if request.masks:
+        read_masks(request.photos, request.masks)
+    check_precision(options.dreambooth.precision, options.device)
+    if options.prompts_file is not None:
+        read_prompt_file(options.prompts_file, options.dreambooth.subject(request.category))
+    if request.count < 1 or options.negatives < 1:
+        raise EdgePersrepError("ask for at least 1 positive and 1 negative")
+    return resolve_sd_model(options.sd_model)
+
+
+def generate(request: SynthRequest, method: str) -> SynthResult:
+    options = request.diffusion or DiffusionOptions()
+    folder = check_request(request, method)  # 0
+    db, device, out = options.dreambooth, options.device, request.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    rank, _ = process_shard()
+    timings: dict[str, float] = {}
+    photos = [load_image(p) for p in request.photos]
+    masks = read_masks(request.photos, request.masks) if request.masks else None
+    sd = load_sd(folder, device, weight_dtype(db.precision, device))
+    settings = {"sd_model": str(options.sd_model), "method": method}
+    untuned = Sampler(sd, options.sampling)
+
+    started = time.time()  # 1: negatives (and class images), backgrounds
+    negatives = sample_set(untuned, replace(request, count=max(options.negatives, db.class_images)), "negatives",
+                           lambda i: class_prompt(request.category), {**settings, "model": "untuned"}).positives
+    backgrounds = []
+    if method == "combined":
+        scenes = background_prompts(request.category)
+        backgrounds = sample_set(untuned, replace(request, count=options.backgrounds), "backgrounds",
+                                 lambda i: scenes[i % len(scenes)], {**settings, "model": "untuned"}).positives
+    timings["untuned_sampling_s"] = round(time.time() - started, 1)
+
+    started = time.time()  # 2: DreamBooth
+    tuned_dir = out / "dreambooth"
+    training_masks = masks if method in ("masked-dreambooth", "combined") else None
+    if rank == 0:
+        class_images = [load_image(p) for p in negatives[: db.class_images]] if db.prior_weight > 0 else []
+        db_summary = fine_tune(sd, photos, class_images, request.category, db, tuned_dir, device, training_masks)
+    wait_for_everyone()
+    if rank != 0:
+        load_tuned(sd, tuned_dir, db)
+        db_summary = json.loads((tuned_dir / "dreambooth.json").read_text())
+    timings["dreambooth_s"] = round(time.time() - started, 1)
+
+    started = time.time()  # 3: positives from the tuned model
+    subject = db.subject(request.category)
+    prompts = read_prompt_file(options.prompts_file, subject) if options.prompts_file else bank(subject, request.category)
+    generated = sample_set(Sampler(sd, options.sampling), request, "positives", lambda i: prompts[i % len(prompts)],
+                           {**settings, "model": "dreambooth", "token": db.token}).positives
+    timings["tuned_sampling_s"] = round(time.time() - started, 1)
+    if rank != 0:  # process 0 finishes alone
+        return SynthResult(generated, out / "positives.json", negatives[: options.negatives])
+
+    started = time.time()  # 4: filter
+    from ..backbones import create_backbone
+
+    threshold = default_threshold(request.category) if options.min_similarity is None else options.min_similarity
+    embedder = Embedder(create_backbone(options.filter_backbone, pretrained=True, weights=options.filter_weights), device)
+    report = filter_generated(embedder, photos, masks, generated, threshold, out / "filter.json")
+    if not report.kept:
+        best = max(report.scores.values())
+        raise EdgePersrepError(f"{out}: all {len(generated)} generated positives were filtered out (best similarity "
+                               f"{best:.3f} < threshold {threshold}); check the DreamBooth result in {out / 'positives'} "
+                               "or lower --min-similarity")
+    timings["filter_s"] = round(time.time() - started, 1)
+
+    positives = list(report.kept)
+    if method == "combined":  # 5: Cut-and-Paste on the generated backgrounds
+        started = time.time()
+        pasted = cutpaste.generate(replace(request, out_dir=out / "cutpaste", backgrounds=backgrounds))
+        positives += pasted.positives
+        timings["cutpaste_s"] = round(time.time() - started, 1)
+
+    summary = {"method": method, "category": request.category, "sd_model": str(options.sd_model),
+               "sd_folder": str(folder), "device": device, "dreambooth": db_summary,
+               "sampling": options.sampling.record(), "prompts": str(options.prompts_file or "built-in bank"),
+               "generated_positives": len(generated), "filter": {"threshold": threshold, "kept": len(report.kept),
+                                                                 "dropped": report.dropped,
+                                                                 "embedder": options.filter_backbone},
+               "negatives": options.negatives, "class_images": db.class_images, "backgrounds": len(backgrounds),
+               "timings": timings,
+               "training_positives": [str(p.relative_to(out)) for p in positives],
+               "training_negatives": [str(p.relative_to(out)) for p in negatives[: options.negatives]]}
+    atomic_write_json(out / "synth.json", summary)
+    print(f"synth {method}: {len(generated)} generated, {report.dropped} dropped by the filter "
+          f"(threshold {threshold}), {len(positives)} positives, {options.negatives} negatives")
+    return SynthResult(positives, out / "synth.json", negatives[: options.negatives])
+
+
+def read_synth_data(folder: Path, category: str) -> SynthResult:
+    """A finished `edge-persrep synth` output, for `personalize --synth-data`."""
+    path = folder / "synth.json"
+    if not path.is_file():
+        raise EdgePersrepError(f"{folder}: no synth.json; make it with `edge-persrep synth` (and let it finish)")
+    try:
+        summary = json.loads(path.read_text())
+        positives = [folder / p for p in summary["training_positives"]]
+        negatives = [folder / p for p in summary["training_negatives"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise EdgePersrepError(f"{path}: not a synth summary ({exc}); rerun `edge-persrep synth`") from exc
+    if summary.get("category") != category:
+        raise EdgePersrepError(f"{folder}: made for category '{summary.get('category')}', not '{category}'")
+    missing = [p for p in positives + negatives if not p.is_file()]
+    if missing:
+        raise EdgePersrepError(f"{folder}: {len(missing)} listed images are missing (first: {missing[0]}); "
+                               "rerun `edge-persrep synth` with the same options to restore them")
+    return SynthResult(positives, path, negatives)

@@ -1,0 +1,321 @@
+"""DreamBooth synthesis, offline, on a tiny SD-1.5-shaped pipeline built from configs with the real
+CLIP tokenizer: the loss on hand-made cases, LoRA training and reloading, sampling seeds, resume,
+sharding, the filter on real photos, bad input before long work, and the whole CLI path."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("open_clip")
+
+from conftest import run_cli  # noqa: E402
+from edge_persrep.runtime import EdgePersrepError, list_images, load_image  # noqa: E402
+from edge_persrep.server_side.synth import base, dreambooth, prompts, sampling, sd_models  # noqa: E402
+from edge_persrep.server_side.synth.base import SynthRequest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    return sd_models.build_random_sd(tmp_path_factory.mktemp("sd") / "tiny-sd", "tiny")
+
+
+def _photos(examples):
+    return [load_image(p) for p in list_images([examples / "dog"])]
+
+
+def test_tokenizer_is_the_real_clip_vocabulary(tiny_sd):
+    expected = [49406, 320, 1125, 539, 48136, 1929, 49407]  # "a photo of sks dog"
+    assert sd_models.clip_tokenizer()("a photo of sks dog").input_ids == expected
+    sd = sd_models.load_sd(tiny_sd)  # the saved folder loads through from_pretrained
+    assert sd.tokenizer("a photo of sks dog").input_ids == expected
+    assert sd.tokenizer.model_max_length == 77 and sd.resolution == 64
+
+
+def test_loss_is_masked_on_background_and_adds_the_prior_term():
+    pred = torch.zeros(2, 1, 2, 2, requires_grad=True)
+    target = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]]], [[[2.0, 2.0], [2.0, 2.0]]]])  # instance: object left
+    mask = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    loss, parts = dreambooth.dreambooth_loss(pred, target, instance_count=1, masks=mask, prior_weight=0.5)
+    assert parts["instance"] == pytest.approx(1.0)  # only the object's two pixels (error 1 each)
+    assert parts["prior"] == pytest.approx(4.0)  # class image: every pixel (error 2)
+    assert loss.item() == pytest.approx(1.0 + 0.5 * 4.0)
+    loss.backward()
+    assert torch.all(pred.grad[0, 0, :, 1] == 0)  # background pixels get no gradient
+    assert torch.all(pred.grad[0, 0, :, 0] != 0) and torch.all(pred.grad[1] != 0)
+    _, unmasked = dreambooth.dreambooth_loss(pred.detach(), target, instance_count=1)
+    assert unmasked["instance"] == pytest.approx((1 + 9 + 1 + 9) / 4)
+
+
+def test_latent_mask_marks_the_cells_the_object_touches():
+    mask = np.zeros((80, 64), bool)  # portrait photo: centre-cropped to 64x64 (rows 8..72)
+    mask[8:40, 0:16] = True  # the object fills the top-left quarter of the crop's left half
+    cells = dreambooth.latent_mask(mask, 64, 8)[0]
+    assert cells[:4, :2].all() and cells.sum() == 8
+
+
+def test_lora_dreambooth_changes_the_model_and_reloads_exactly(tiny_sd, examples, tmp_path):
+    sd = sd_models.load_sd(tiny_sd)
+    base_unet = sd_models.load_sd(tiny_sd).unet
+    x, t = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([400])
+    states = sd.encode_prompts(["a photo of sks dog"])
+    config = dreambooth.DreamBoothConfig(steps=4, class_images=2)
+    negatives = [load_image(p) for p in list_images([examples / "negatives"])][:2]
+    summary = dreambooth.fine_tune(sd, _photos(examples), negatives, "dog", config, tmp_path / "db")
+    assert summary["steps_run"] == 4 and (tmp_path / "db" / "pytorch_lora_weights.safetensors").is_file()
+    lora_b = [p for n, p in sd.unet.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: training moved it
+    with torch.no_grad():
+        tuned, base_out = sd.unet(x, t, states).sample, base_unet(x, t, states).sample
+    assert (tuned - base_out).abs().max() > 1e-6
+    fresh = sd_models.load_sd(tiny_sd)  # a user's own diffusers pipeline loads the saved LoRA too
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=fresh.vae, text_encoder=fresh.text_encoder, tokenizer=fresh.tokenizer,
+                                   unet=fresh.unet, scheduler=sampling.make_scheduler("pndm", fresh.scheduler_config),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.load_lora_weights(tmp_path / "db")
+    with torch.no_grad():
+        assert torch.allclose(pipe.unet(x, t, states).sample, tuned, atol=1e-5)
+    again = dreambooth.fine_tune(sd_models.load_sd(tiny_sd), _photos(examples), negatives, "dog", config,
+                                 tmp_path / "db")  # finished: loaded, not retrained
+    assert again == summary
+
+
+def test_dreambooth_resumes_from_a_checkpoint_to_the_same_weights(tiny_sd, examples, tmp_path, monkeypatch):
+    negatives = [load_image(p) for p in list_images([examples / "negatives"])][:2]
+    config = dreambooth.DreamBoothConfig(steps=4, class_images=2, checkpoint_every=2)
+    whole = sd_models.load_sd(tiny_sd)
+    dreambooth.fine_tune(whole, _photos(examples), negatives, "dog", config, tmp_path / "whole")
+
+    class Killed(Exception):
+        pass
+
+    original, calls = dreambooth.dreambooth_loss, []
+
+    def dying_loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # killed during step 3, after the step-2 checkpoint
+            raise Killed()
+        return original(*args, **kwargs)
+
+    out = tmp_path / "interrupted"
+    monkeypatch.setattr(dreambooth, "dreambooth_loss", dying_loss)
+    with pytest.raises(Killed):
+        dreambooth.fine_tune(sd_models.load_sd(tiny_sd), _photos(examples), negatives, "dog", config, out)
+    monkeypatch.setattr(dreambooth, "dreambooth_loss", original)
+    assert (out / "checkpoint.json").is_file() and not (out / "dreambooth.json").exists()
+    resumed = sd_models.load_sd(tiny_sd)
+    summary = dreambooth.fine_tune(resumed, _photos(examples), negatives, "dog", config, out)
+    assert summary["steps_run"] == 2  # started again at step 2
+    reference = dict(whole.unet.named_parameters())
+    lora = [(n, p) for n, p in resumed.unet.named_parameters() if "lora" in n]
+    assert lora and all(torch.equal(p, reference[n]) for n, p in lora)
+    assert not (out / "checkpoint.json").exists()
+
+
+def test_masked_training_uses_the_masks(tiny_sd, examples, tmp_path):
+    photos = _photos(examples)
+    masks = []
+    for photo in photos:
+        m = np.zeros((photo.height, photo.width), bool)
+        m[: photo.height // 2, : photo.width // 2] = True
+        masks.append(m)
+    config = dreambooth.DreamBoothConfig(steps=3, class_images=0, prior_weight=0.0)
+    plain, masked = sd_models.load_sd(tiny_sd), sd_models.load_sd(tiny_sd)
+    s1 = dreambooth.fine_tune(plain, photos, [], "dog", config, tmp_path / "plain")
+    s2 = dreambooth.fine_tune(masked, photos, [], "dog", config, tmp_path / "masked", masks=masks)
+    assert s2["masked"] and not s1["masked"]
+    losses = [json.loads((tmp_path / d / "loss.json").read_text())["loss"] for d in ("plain", "masked")]
+    assert losses[0][0][0] != losses[1][0][0]  # same seed, same draws: only the mask differs
+
+
+def _as_stored(image):
+    """An image as the sampler stores it (JPEG quality 92), decoded."""
+    from io import BytesIO
+
+    buffer = BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    return Image.open(buffer)
+
+
+def _same_picture(a, b):
+    diff = np.abs(np.asarray(a.convert("RGB"), float) - np.asarray(b.convert("RGB"), float))
+    return diff.mean() < 0.1 and diff.max() <= 2
+
+
+def test_sampling_reproduces_per_image_seeds_and_resumes(tiny_sd, tmp_path):
+    sd = sd_models.load_sd(tiny_sd)
+    sampler = sampling.Sampler(sd, sampling.SamplingConfig(steps=3, batch_size=3))
+    request = SynthRequest(photos=[], category="dog", out_dir=tmp_path / "a", count=5, seed=7)
+    result = sampling.sample_set(sampler, request, "negatives", lambda i: f"a photo of a dog, view {i}", {})
+    manifest = json.loads(result.manifest.read_text())
+    assert [e["file"] for e in manifest["images"]] == [f"negatives/{i:05d}.jpg" for i in range(5)]
+    assert all({"prompt", "generator_seed", "cfg"} <= set(e) for e in manifest["images"])
+    assert manifest["images"][2]["prompt"] == "a photo of a dog, view 2" and manifest["scheduler"] == "pndm"
+    # the same image alone, in another batch layout: the same picture (batched float maths on a CPU
+    # may differ in the last bits, so allow a pixel level after JPEG)
+    (alone,) = sampler([manifest["images"][4]["prompt"]], [manifest["images"][4]["generator_seed"]])
+    assert _same_picture(_as_stored(alone), Image.open(result.positives[4]))
+    (other,) = sampler([manifest["images"][4]["prompt"]], [manifest["images"][3]["generator_seed"]])
+    assert not _same_picture(_as_stored(other), Image.open(result.positives[4]))  # another seed is another picture
+    kept = result.positives[0].stat().st_mtime_ns
+    lost = Image.open(result.positives[3]).convert("RGB")
+    result.positives[3].unlink()
+    calls = []
+    counting = sampling.Sampler(sd, sampling.SamplingConfig(steps=3, batch_size=3))
+    original = counting.pipe.__call__
+    counting.pipe = lambda **kw: calls.append(len(kw["prompt"])) or original(**kw)
+    again = sampling.sample_set(counting, request, "negatives", lambda i: f"a photo of a dog, view {i}", {})
+    assert calls == [1] and _same_picture(Image.open(result.positives[3]), lost)
+    assert result.positives[0].stat().st_mtime_ns == kept and len(again.positives) == 5
+
+
+def test_shards_neither_overlap_nor_leave_gaps(tmp_path):
+    for world in range(1, 6):
+        for count in range(0, 24):
+            shards = [list(base.shard_indices(count, r, world)) for r in range(world)]
+            flat = sorted(i for s in shards for i in s)
+            assert flat == list(range(count))
+    request = SynthRequest(photos=[], category="dog", out_dir=tmp_path, count=7, seed=1)
+
+    def make_batch(indices):
+        return [(Image.new("RGB", (8, 8), (i * 30, 0, 0)), {"prompt": f"p{i}"}) for i in indices]
+
+    for rank in range(3):
+        base.run_generator(request, "sd", make_batch=make_batch, batch_size=2, subdir="negatives",
+                           manifest_name="negatives.json", shard=(rank, 3))
+    merged = base.merge_shards(request, "sd", 3, subdir="negatives", manifest_name="negatives.json")
+    entries = json.loads(merged.manifest.read_text())["images"]
+    assert [e["prompt"] for e in entries] == [f"p{i}" for i in range(7)]
+    assert not list(tmp_path.glob("negatives.part*"))
+    (tmp_path / "negatives" / "00004.jpg").unlink()
+    with pytest.raises(EdgePersrepError, match="1 image"):
+        base.merge_shards(request, "sd", 3, subdir="negatives", manifest_name="negatives.json")
+
+
+def test_prompt_bank_has_a_hundred_scenes_per_category(tmp_path):
+    categories = [c for members in prompts.GROUPS.values() for c in members] + ["widget", "dogs"]
+    for category in categories:
+        bank = prompts.bank(f"sks {category}", category)
+        assert len(set(bank)) >= prompts.MIN_BANK, category
+        assert all(f"sks {category}" in p for p in bank)
+        first = bank[:prompts.MIN_BANK]
+        contexts = prompts.contexts_for(category)
+        assert all(any(c in p for p in first) for c in contexts) and len(contexts) >= 40  # all visited early
+    assert prompts.group_of("dogs") == "animal"
+    f = tmp_path / "prompts.txt"
+    f.write_text("# mine\na photo of {subject} on the moon\n\n{subject} in a boat  # comment\n")
+    assert prompts.read_prompt_file(f, "sks dog") == ["a photo of sks dog on the moon", "sks dog in a boat"]
+    f.write_text("a photo on the moon\n")
+    with pytest.raises(EdgePersrepError, match=r"prompts.txt:1: .*\{subject\}"):
+        prompts.read_prompt_file(f, "sks dog")
+
+
+def test_sd_folder_checks_name_what_is_missing(tiny_sd, tmp_path, monkeypatch):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    shutil.rmtree(broken / "tokenizer")
+    with pytest.raises(EdgePersrepError, match=r"missing unet/diffusion_pytorch_model.safetensors, tokenizer/"):
+        sd_models.resolve_sd_model(str(broken))
+    with pytest.raises(EdgePersrepError, match="no model_index.json"):
+        sd_models.resolve_sd_model(str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(EdgePersrepError, match="not in the local Hugging Face cache.*--sd-model DIR"):
+        sd_models.resolve_sd_model(sd_models.DEFAULT_SD_MODEL)
+
+
+def test_filter_keeps_the_same_object_and_drops_look_alikes(examples):
+    from edge_persrep.server_side.backbones import create_backbone
+    from edge_persrep.server_side.synth.filtering import Embedder, default_threshold, filter_generated
+
+    same = list_images([examples / "dog_heldout"])
+    others = list_images([examples / "negatives", examples / "heldout_others"])
+    report = filter_generated(Embedder(create_backbone("efficientnet_lite0")), _photos(examples), None,
+                              same + others, default_threshold("dog"))
+    assert default_threshold("dog") == 0.55 and default_threshold("mug") == 0.6
+    assert min(report.scores[p.name] for p in same) > max(report.scores[p.name] for p in others)
+    assert set(same) <= set(report.kept) and report.dropped >= len(others) - 1
+
+
+def _box_masks(examples, tmp_path):
+    mask_dir = tmp_path / "masks"
+    mask_dir.mkdir()
+    for photo in list_images([examples / "dog"]):
+        w, h = Image.open(photo).size
+        m = np.zeros((h, w), np.uint8)
+        m[h // 6: 5 * h // 6, w // 6: 5 * w // 6] = 255
+        Image.fromarray(m).save(mask_dir / f"{photo.stem}.png")
+    return mask_dir
+
+
+TINY = ["--positives", "6", "--synth-negatives", "6", "--class-images", "3", "--db-steps", "4",
+        "--sample-steps", "3", "--sample-batch", "3", "--min-similarity", "-1"]
+
+
+@pytest.mark.parametrize("method", ["bad-masks", "no-masks", "fp16", "broken-sd", "no-photos", "cuda"])
+def test_bad_input_fails_before_any_long_work(method, tiny_sd, examples, tmp_path):
+    photos, synth_method, extra = examples / "dog", "dreambooth", []
+    sd = tiny_sd
+    if method == "bad-masks":
+        masks = _box_masks(examples, tmp_path)
+        Image.new("L", (10, 10), 255).save(next(masks.iterdir()))
+        synth_method, extra = "masked-dreambooth", ["--masks", masks]
+        expected = "masks must match their photos"
+    elif method == "no-masks":
+        synth_method, expected = "combined", "needs --masks DIR"
+    elif method == "fp16":
+        extra, expected = ["--precision", "fp16"], "fp16 needs a CUDA GPU"
+    elif method == "broken-sd":
+        sd = tmp_path / "sd"
+        shutil.copytree(tiny_sd, sd)
+        shutil.rmtree(sd / "vae")
+        expected = "missing vae/"
+    elif method == "no-photos":
+        photos = tmp_path / "empty"
+        photos.mkdir()
+        expected = "directory has no images"
+    else:
+        extra, expected = ["--device", "cuda"], "no CUDA GPU"
+    out = tmp_path / "run"
+    result = run_cli("personalize", photos, "--name", "d", "--category", "dog", "--out", out, "--synth", synth_method,
+                     "--sd-model", sd, *TINY, *extra, check=False)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (out / "synth").exists()  # nothing was generated
+
+
+def test_dreambooth_personalize_end_to_end(tiny_sd, examples, tmp_path):
+    """fine-tune -> sample -> filter -> train -> export -> find, on CPU against the tiny pipeline."""
+    run = tmp_path / "run"
+    run_cli("--offline", "personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
+            "--synth", "combined", "--masks", _box_masks(examples, tmp_path), "--scenes", "3",
+            "--sd-model", tiny_sd, "--steps", "3", *TINY)
+    summary = json.loads((run / "synth" / "synth.json").read_text())
+    assert summary["method"] == "combined" and summary["dreambooth"]["masked"]
+    assert summary["generated_positives"] == 6 and summary["filter"]["kept"] == 6
+    assert len(summary["training_positives"]) == 12  # 6 DreamBooth + 6 Cut-and-Paste on generated scenes
+    assert len(summary["training_negatives"]) == 6
+    for name, count in (("positives", 6), ("negatives", 6), ("backgrounds", 3)):
+        manifest = json.loads((run / "synth" / f"{name}.json").read_text())
+        assert len(manifest["images"]) == count and all("generator_seed" in e for e in manifest["images"])
+    assert "sks dog" in json.loads((run / "synth" / "positives.json").read_text())["images"][0]["prompt"]
+    training = json.loads((run / "train" / "summary.json").read_text())
+    assert training["positives"] == 12 and training["negatives"] == 6  # generated negatives used
+    record = json.loads((run / "run.json").read_text())
+    assert record["diffusion"]["dreambooth"]["steps"] == 4 and record["synth"] == "combined"
+    found = run_cli("find", run / "bundle", examples / "dog_heldout", "--json")
+    assert all(json.loads(line)["results"][0]["name"] == "my_dog" for line in found.stdout.splitlines())
+    # the synth command alone, then personalize from its output
+    data = tmp_path / "data"
+    run_cli("--offline", "synth", examples / "dog", "--category", "dog", "--out", data, "--sd-model", tiny_sd, *TINY)
+    assert json.loads((data / "synth.json").read_text())["filter"]["dropped"] == 0
+    run_cli("personalize", examples / "dog", "--name", "d2", "--category", "dog", "--out", tmp_path / "run2",
+            "--synth", "dreambooth", "--synth-data", data, "--steps", "2")
+    assert not (tmp_path / "run2" / "synth" / "positives").exists()
