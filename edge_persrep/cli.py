@@ -44,7 +44,8 @@ def _add_diffusion_options(p) -> None:
     g.add_argument("--sd-model", default=None,
                    help="hub id or local diffusers folder (default stable-diffusion-v1-5/stable-diffusion-v1-5); "
                         "--offline reads only the local cache")
-    g.add_argument("--positives", type=int, help="positives to generate (paper 450; default: the preset's)")
+    g.add_argument("--positives", type=int, help="positives to generate (default 450 for the Stable Diffusion methods, as the paper; "
+                        "the preset's for augment/cutpaste)")
     g.add_argument("--synth-negatives", type=int, default=1000, help="negatives from the un-tuned model (paper 1000)")
     g.add_argument("--dreambooth", default="lora", choices=["lora", "full"], help="LoRA (8 GB GPUs) or full (paper)")
     g.add_argument("--db-steps", type=int, default=400, help="DreamBooth steps (paper 400)")
@@ -88,7 +89,7 @@ def _diffusion_options(args, device: str = "cpu"):
 
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="synthesis alone: photos -> generated positives and negatives (inspectable; "
-                                     "shards over GPUs under `accelerate launch`)")
+                                     "shards over GPUs under torchrun / accelerate launch --multi_gpu)")
     p.add_argument("images", nargs="+", help="photos of the object, or a folder of them")
     p.add_argument("--category", required=True)
     p.add_argument("--out", required=True, type=Path, help="data directory (resumable)")
@@ -202,6 +203,7 @@ def cmd_synth(args) -> None:
     from .runtime import list_images
     from .runtime.images import refuse_duplicates
     from .server_side.synth import SynthRequest, match_masks, personalized_generation
+    from .server_side.synth.sampling import process_shard
 
     photos = list_images(args.images)
     refuse_duplicates(photos)
@@ -211,7 +213,8 @@ def cmd_synth(args) -> None:
                            seed=args.seed, masks=match_masks(photos, args.masks) if args.masks else None,
                            diffusion=options)
     result = personalized_generation.generate(request, args.method)
-    print(f"synth data at {args.out}: {len(result.positives)} positives, {len(result.negatives)} negatives")
+    if process_shard()[0] == 0:
+        print(f"synth data at {args.out}: {len(result.positives)} positives, {len(result.negatives)} negatives")
 
 
 def cmd_make_test_sd(args) -> None:

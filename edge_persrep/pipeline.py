@@ -68,6 +68,7 @@ def _copy_photos(paths: Sequence[Path], out: Path) -> list[Path]:
 
 RESUME_KEYS = ("name", "backbone", "synth", "preset", "seed", "photo_sha256", "negatives", "train_config",
                "diffusion", "synth_data")
+DIFFUSION_POSITIVES = 450  # paper: ~450 generated positives per object, whatever the training preset
 ENROLL_GENERATED_NEGATIVES = 32  # generated negatives that also calibrate the enrolled object's threshold
 
 
@@ -99,6 +100,13 @@ def _copy_masks(masks: Sequence, reference: Sequence[Path], out: Path) -> list[P
     return copies
 
 
+def _diffusion_record(options) -> dict:
+    """The generation settings a resumed run must share (the device may change between runs)."""
+    record = json.loads(json.dumps(asdict(options), default=str))
+    record.pop("device")
+    return record
+
+
 def gather_negatives(negative_dirs: Sequence[Path], other_bundle: Path | None) -> list[Image.Image]:
     """Negatives: the photos in --negatives folders and the objects enrolled in another bundle."""
     images = [load_image(p) for d in negative_dirs for p in list_images([d])]
@@ -123,9 +131,11 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     config = get_preset(preset, seed=seed)
     if steps is not None:
         config = get_preset(preset, seed=seed, triplets=steps * config.batch_size, epochs=1)
+    uses_diffusion = synth_method in synth.DIFFUSION_METHODS and synth_data is None
+    if positives is None and uses_diffusion:
+        positives = DIFFUSION_POSITIVES
     if positives is not None:
         config = replace(config, positives=positives)
-    uses_diffusion = synth_method in synth.DIFFUSION_METHODS and synth_data is None
     if uses_diffusion:
         from .server_side.synth.personalized_generation import DiffusionOptions
 
@@ -163,7 +173,7 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
               "seed": seed, "device": device, "photos": [_copy_name(i, p) for i, p in enumerate(photo_paths)],
               "photo_sha256": [sha256_file(p) for p in photo_paths], "negatives": len(negative_images),
               "train_config": asdict(config), "versions": versions(), "timings": timings,
-              "diffusion": json.loads(json.dumps(asdict(diffusion), default=str)) if uses_diffusion else None,
+              "diffusion": _diffusion_record(diffusion) if uses_diffusion else None,
               "synth_data": str(synth_data) if synth_data is not None else None}
     _refuse_other_settings(out, record, force)  # before anything in the run is reused or overwritten
     reference = _copy_photos(photo_paths, out / "photos")

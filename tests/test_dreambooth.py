@@ -233,14 +233,14 @@ def test_sd_folder_checks_name_what_is_missing(tiny_sd, tmp_path, monkeypatch):
 
 def test_filter_keeps_the_same_object_and_drops_look_alikes(examples):
     from edge_persrep.server_side.backbones import create_backbone
-    from edge_persrep.server_side.synth.filtering import Embedder, default_threshold, filter_generated
+    from edge_persrep.server_side.synth.filtering import Embedder, default_threshold, filter_generated, score_key
 
     same = list_images([examples / "dog_heldout"])
     others = list_images([examples / "negatives", examples / "heldout_others"])
     report = filter_generated(Embedder(create_backbone("efficientnet_lite0")), _photos(examples), None,
                               same + others, default_threshold("dog"))
     assert default_threshold("dog") == 0.55 and default_threshold("mug") == 0.6
-    assert min(report.scores[p.name] for p in same) > max(report.scores[p.name] for p in others)
+    assert min(report.scores[score_key(p)] for p in same) > max(report.scores[score_key(p)] for p in others)
     assert set(same) <= set(report.kept) and report.dropped >= len(others) - 1
 
 
@@ -319,3 +319,43 @@ def test_dreambooth_personalize_end_to_end(tiny_sd, examples, tmp_path):
     run_cli("personalize", examples / "dog", "--name", "d2", "--category", "dog", "--out", tmp_path / "run2",
             "--synth", "dreambooth", "--synth-data", data, "--steps", "2")
     assert not (tmp_path / "run2" / "synth" / "positives").exists()
+
+
+def test_two_processes_make_exactly_the_images_one_makes(tiny_sd, examples, tmp_path):
+    """`synth` sharded over 2 processes (torchrun, gloo on CPU; one per GPU on a GPU machine): the
+    same files, the same pictures, one joined manifest, no part manifests left."""
+    import subprocess
+    import sys
+
+    args = ["--offline", "synth", examples / "dog", "--category", "dog", "--sd-model", tiny_sd, *TINY,
+            "--positives", "7", "--synth-negatives", "5", "--sample-batch", "2"]
+    run_cli(*args, "--out", tmp_path / "one")
+    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "-m", "edge_persrep.cli", *map(str, args), "--out", str(tmp_path / "two")],
+                             capture_output=True, text=True)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    for kind, count in (("positives", 7), ("negatives", 5)):
+        files = sorted(p.name for p in (tmp_path / "two" / kind).iterdir())
+        assert files == [f"{i:05d}.jpg" for i in range(count)]
+        for name in files:
+            assert _same_picture(Image.open(tmp_path / "one" / kind / name), Image.open(tmp_path / "two" / kind / name))
+        one = json.loads((tmp_path / "one" / f"{kind}.json").read_text())["images"]
+        two = json.loads((tmp_path / "two" / f"{kind}.json").read_text())["images"]
+        assert [(e["file"], e["generator_seed"], e["prompt"]) for e in one] == \
+               [(e["file"], e["generator_seed"], e["prompt"]) for e in two]
+    assert not list((tmp_path / "two").glob("*.part*"))
+
+
+@pytest.mark.gpu
+def test_cuda_lora_dreambooth_in_fp16_and_sampling(tiny_sd, examples, tmp_path):
+    """The CUDA path: fp16 frozen weights, fp32 LoRA, autocast + grad scaler, gradient checkpointing."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    sd = sd_models.load_sd(tiny_sd, "cuda", dreambooth.weight_dtype("auto", "cuda"))
+    assert sd.unet.dtype == torch.float16
+    config = dreambooth.DreamBoothConfig(steps=4, class_images=2, train_text_encoder=True)
+    summary = dreambooth.fine_tune(sd, _photos(examples), _photos(examples)[:2], "dog", config, tmp_path / "db", "cuda")
+    assert summary["precision"] == "float16" and summary["peak_gpu_memory_gb"] is not None
+    assert np.isfinite(summary["loss_last10_mean"]) and sd.unet.dtype == torch.float16
+    images = sampling.Sampler(sd, sampling.SamplingConfig(steps=3, batch_size=2))(["a photo of sks dog"] * 2, [1, 2])
+    assert len(images) == 2 and images[0].size == (64, 64)

@@ -73,10 +73,15 @@ def object_crops(photos: Sequence[Image.Image], features: Sequence[ImageFeatures
     return crops, np.stack(targets)
 
 
+def score_key(path: Path) -> str:
+    """How a candidate is named in the report: `positives/00012.jpg`, like the manifest."""
+    return f"{path.parent.name}/{path.name}"
+
+
 @dataclass
 class FilterReport:
     kept: list[Path]
-    scores: dict[str, float]
+    scores: dict[str, float]  # by score_key
     threshold: float
 
     @property
@@ -98,8 +103,8 @@ def filter_generated(embed: Embedder, photos: Sequence[Image.Image], masks: Sequ
             _, box = dense.localize(dense.similarity_map(f.grid, targets), f.width, f.height)
             located.append(image.crop(box) if box is not None else image)
         for path, f in zip(paths, embed(located)):
-            scores[path.name] = round(float((reference @ f.embedding).mean()), 4)
-    kept = [p for p in candidates if scores[p.name] >= threshold]
+            scores[score_key(path)] = round(float((reference @ f.embedding).mean()), 4)
+    kept = [p for p in candidates if scores[score_key(p)] >= threshold]
     report = FilterReport(kept, scores, threshold)
     if report_path is not None:
         atomic_write_json(report_path, {"threshold": threshold, "kept": len(kept), "dropped": report.dropped,

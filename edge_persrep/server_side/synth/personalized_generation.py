@@ -11,8 +11,9 @@ The method top to bottom (`generate`), every stage resumable and recorded in `sy
 4. Filter: keep positives whose object crop embeds close to the real photos.
 5. `combined` (the paper's best): add Cut-and-Paste positives on the generated backgrounds.
 
-Under `accelerate launch` every process generates its own share of each image set; process 0
-alone fine-tunes (the others wait, then load its weights), filters and writes the summary.
+Under `torchrun` or `accelerate launch --multi_gpu` every process (one per GPU) generates its own
+share of each image set; process 0 alone fine-tunes (the others wait, then load its weights),
+filters and writes the summary.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .base import SynthRequest, SynthResult, read_masks
 from .dreambooth import DreamBoothConfig, check_precision, class_prompt, fine_tune, load_tuned, weight_dtype
 from .filtering import Embedder, default_threshold, filter_generated
 from .prompts import background_prompts, bank, read_prompt_file
-from .sampling import Sampler, SamplingConfig, process_shard, sample_set, wait_for_everyone
+from .sampling import Sampler, SamplingConfig, join_process_group, process_shard, sample_set, wait_for_everyone
 from .sd_models import DEFAULT_SD_MODEL, load_sd, resolve_sd_model
 
 METHODS = ("dreambooth", "masked-dreambooth", "combined")
@@ -76,6 +77,7 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
     folder = check_request(request, method)  # 0
     db, device, out = options.dreambooth, options.device, request.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    join_process_group(device)
     rank, _ = process_shard()
     timings: dict[str, float] = {}
     photos = [load_image(p) for p in request.photos]

@@ -2,7 +2,7 @@
 
 Every image has its own generator seeded by `image_seed(seed, index)`, so an image does not depend
 on the batch it was made in, on the process that made it, or on what was made before it: a rerun
-skips finished images and a sharded run (`accelerate launch`) makes exactly the same set.
+skips finished images and a sharded run (torchrun, accelerate launch) makes exactly the same set.
 """
 
 from __future__ import annotations
@@ -46,16 +46,33 @@ def make_scheduler(name: str, config: dict):
 
 
 def process_shard() -> tuple[int, int]:
-    """(rank, world) of this process under `accelerate launch` / torchrun; (0, 1) otherwise."""
+    """(rank, world) of this process under `torchrun` or `accelerate launch --multi_gpu` (both set
+    RANK and WORLD_SIZE); (0, 1) for a plain run."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def join_process_group(device: str) -> None:
+    """For a sharded run: each process takes the GPU of its local rank and joins the group
+    (NCCL on GPUs, gloo on CPUs; address and port come from the launcher)."""
+    if process_shard()[1] == 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
 
 
 def wait_for_everyone() -> None:
     """Barrier between the processes of a sharded run (no-op for one process)."""
     if process_shard()[1] > 1:
-        from accelerate import PartialState
+        import torch.distributed as dist
 
-        PartialState().wait_for_everyone()
+        if not dist.is_initialized():
+            raise EdgePersrepError("sharded run: the process group was not joined (call join_process_group)")
+        dist.barrier()
 
 
 class Sampler:
@@ -84,7 +101,8 @@ def sample_set(sampler: Sampler, request: SynthRequest, kind: str, prompt_for: C
                settings: dict) -> SynthResult:
     """Make `request.count` images of one kind (positives, negatives, backgrounds) into
     `request.out_dir/kind/`, with the manifest `kind.json` recording each prompt, seed and CFG.
-    Under `accelerate launch` each process makes its own shard and the last step joins them."""
+    Under torchrun or `accelerate launch --multi_gpu` each process makes its own shard and the last
+    step joins them."""
     settings = {**settings, **sampler.config.record(), "resolution": sampler.resolution}
 
     def make_batch(indices: list[int]):

@@ -193,10 +193,10 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(keep, map(chr, chars)))
 
 
-def build_random_sd(out: Path, architecture: str = "tiny", seed: int = 0) -> Path:
-    """Write a randomly initialised Stable Diffusion folder (diffusers layout) and return it."""
+def random_sd(architecture: str = "tiny", seed: int = 0, device: str = "cpu", dtype=None) -> StableDiffusion:
+    """A randomly initialised Stable Diffusion in memory (timing and memory are those of real weights)."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     if architecture not in ARCHITECTURES:
@@ -207,8 +207,20 @@ def build_random_sd(out: Path, architecture: str = "tiny", seed: int = 0) -> Pat
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77,
                                                 bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
                                                 **config["text_encoder"]))
-    pipe = StableDiffusionPipeline(vae=AutoencoderKL(**config["vae"]), text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=UNet2DConditionModel(**config["unet"]),
+    modules = (text_encoder, AutoencoderKL(**config["vae"]), UNet2DConditionModel(**config["unet"]))
+    for module in modules:
+        module.requires_grad_(False).eval().to(device)
+        if dtype not in (None, torch.float32):
+            module.to(dtype)
+    return StableDiffusion(Path(f"random-{architecture}"), tokenizer, *modules, dict(SD15_SCHEDULER))
+
+
+def build_random_sd(out: Path, architecture: str = "tiny", seed: int = 0) -> Path:
+    """Write a randomly initialised Stable Diffusion folder (diffusers layout) and return it."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    sd = random_sd(architecture, seed)
+    pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
                                    scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
