@@ -77,3 +77,16 @@ def small_report(tmp_path_factory):
     run_cli("eval", "--dataset", root / "data", "--layout", "procedural", "--synth", "augment,cutpaste",
             "--objects", "mug1,ball1", "--steps", "2", "--out", root / "report")
     return root / "report"
+
+
+def box_masks(photo_dir: Path, mask_dir: Path, parts: int = 4) -> Path:
+    """A mask per photo (named like it) marking a centred box: the middle (parts - 2) / parts of each side."""
+    from edge_persrep.runtime import list_images
+
+    mask_dir.mkdir()
+    for photo in list_images([photo_dir]):
+        w, h = Image.open(photo).size
+        m = np.zeros((h, w), np.uint8)
+        m[h // parts: (parts - 1) * h // parts, w // parts: (parts - 1) * w // parts] = 255
+        Image.fromarray(m).save(mask_dir / f"{photo.stem}.png")
+    return mask_dir

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("open_clip")
 
-from conftest import run_cli  # noqa: E402
+from conftest import box_masks, run_cli  # noqa: E402
 from edge_persrep.runtime import EdgePersrepError, list_images, load_image  # noqa: E402
 from edge_persrep.server_side.synth import base, dreambooth, prompts, sampling, sd_models  # noqa: E402
 from edge_persrep.server_side.synth.base import SynthRequest  # noqa: E402
@@ -245,14 +245,7 @@ def test_filter_keeps_the_same_object_and_drops_look_alikes(examples):
 
 
 def _box_masks(examples, tmp_path):
-    mask_dir = tmp_path / "masks"
-    mask_dir.mkdir()
-    for photo in list_images([examples / "dog"]):
-        w, h = Image.open(photo).size
-        m = np.zeros((h, w), np.uint8)
-        m[h // 6: 5 * h // 6, w // 6: 5 * w // 6] = 255
-        Image.fromarray(m).save(mask_dir / f"{photo.stem}.png")
-    return mask_dir
+    return box_masks(examples / "dog", tmp_path / "masks", parts=6)
 
 
 TINY = ["--positives", "6", "--synth-negatives", "6", "--class-images", "3", "--db-steps", "4",

@@ -8,6 +8,7 @@ from PIL import Image
 
 pytest.importorskip("torch")
 
+from conftest import box_masks  # noqa: E402
 from edge_persrep.runtime import EdgePersrepError, ImageError, list_images  # noqa: E402
 from edge_persrep.server_side import synth  # noqa: E402
 
@@ -37,14 +38,7 @@ def test_rerun_with_other_settings_is_refused(examples, tmp_path):
 
 
 def _masks(examples, tmp_path):
-    mask_dir = tmp_path / "masks"
-    mask_dir.mkdir()
-    for photo in list_images([examples / "dog"]):
-        w, h = Image.open(photo).size
-        m = np.zeros((h, w), np.uint8)
-        m[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255
-        Image.fromarray(m).save(mask_dir / f"{photo.stem}.png")
-    return mask_dir
+    return box_masks(examples / "dog", tmp_path / "masks")
 
 
 def test_cutpaste_pastes_the_masked_object(examples, tmp_path):
