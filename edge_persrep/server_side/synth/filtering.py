@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from ...runtime import dense
 from ...runtime.files import atomic_write_json
@@ -95,7 +96,7 @@ def filter_generated(embed: Embedder, photos: Sequence[Image.Image], masks: Sequ
     crops, targets = object_crops(photos, embed(photos), masks)
     reference = np.stack([f.embedding for f in embed(crops)])
     scores: dict[str, float] = {}
-    for start in range(0, len(candidates), 64):
+    for start in tqdm(range(0, len(candidates), 64), desc="filter", unit="batch of 64", leave=False):
         paths = candidates[start:start + 64]
         images = [load_image(p) for p in paths]
         located = []
