@@ -352,3 +352,25 @@ def test_cuda_lora_dreambooth_in_fp16_and_sampling(tiny_sd, examples, tmp_path):
     assert np.isfinite(summary["loss_last10_mean"]) and sd.unet.dtype == torch.float16
     images = sampling.Sampler(sd, sampling.SamplingConfig(steps=3, batch_size=2))(["a photo of sks dog"] * 2, [1, 2])
     assert len(images) == 2 and images[0].size == (64, 64)
+
+
+@pytest.mark.parametrize("mode,text_encoder", [("full", False), ("lora", True)])
+def test_full_and_text_encoder_training_save_and_reload(mode, text_encoder, tiny_sd, examples, tmp_path):
+    sd = sd_models.load_sd(tiny_sd)
+    before = {n: p.clone() for n, p in sd.unet.named_parameters()}
+    text_before = sd.encode_prompts(["a photo of sks dog"])
+    config = dreambooth.DreamBoothConfig(mode=mode, steps=3, class_images=2, train_text_encoder=text_encoder,
+                                         lr=1e-3 if mode == "full" else None)
+    dreambooth.fine_tune(sd, _photos(examples), _photos(examples)[:2], "dog", config, tmp_path / "db")
+    if mode == "full":
+        assert (tmp_path / "db" / "unet" / "config.json").is_file()
+        assert any(not torch.equal(p, before[n]) for n, p in sd.unet.named_parameters())
+    else:
+        assert not torch.allclose(sd.encode_prompts(["a photo of sks dog"]), text_before)
+    reloaded = sd_models.load_sd(tiny_sd)
+    dreambooth.load_tuned(reloaded, tmp_path / "db", config)
+    x, t = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([300])
+    with torch.no_grad():
+        a = sd.unet(x, t, sd.encode_prompts(["a photo of sks dog"])).sample
+        b = reloaded.unet(x, t, reloaded.encode_prompts(["a photo of sks dog"])).sample
+    assert torch.allclose(a, b, atol=1e-5)
