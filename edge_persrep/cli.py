@@ -80,7 +80,7 @@ def _diffusion_options(args, device: str = "cpu"):
         dreambooth=DreamBoothConfig(mode=args.dreambooth, steps=args.db_steps, lr=args.db_lr, rank=args.db_rank,
                                     train_text_encoder=args.train_text_encoder, prior_weight=args.prior_weight,
                                     class_images=args.class_images, token=args.token, precision=args.precision,
-                                    seed=args.seed),
+                                    seed=getattr(args, "seed", 0)),
         sampling=SamplingConfig(cfg=args.cfg, scheduler=args.scheduler, steps=args.sample_steps,
                                 batch_size=args.sample_batch),
         negatives=args.synth_negatives, backgrounds=args.scenes, prompts_file=args.prompts,
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", help="comma-separated subset of objects")
     p.add_argument("--quick", action="store_true", help="40 training steps per object instead of the preset's")
     p.add_argument("--steps", type=int, help="training steps per object (overrides --quick)")
+    _add_diffusion_options(p)
     p = sub.add_parser("make-dataset", help="write the procedural instance-level dataset")
     p.add_argument("kind", choices=["procedural"])
     p.add_argument("--out", required=True, type=Path)
@@ -370,6 +371,8 @@ def cmd_bench(args) -> None:
 def cmd_eval(args) -> None:
     from .eval.report import write_report
     from .eval.runner import evaluate, load_dreambooth_hard, load_pods
+    from .pipeline import resolve_device
+    from .server_side.synth import DIFFUSION_METHODS
 
     if args.layout == "dreambooth":
         evalset = load_dreambooth_hard(args.dataset, args.out / "work")
@@ -381,7 +384,11 @@ def cmd_eval(args) -> None:
     if unknown:
         raise EdgePersrepError(f"{args.dataset}: no objects named {', '.join(sorted(unknown))}")
     steps = args.steps or (40 if args.quick else None)
-    report = evaluate(evalset, args.backbone, [m for m in args.synth.split(",") if m], args.out, steps=steps, only=only)
+    methods = [m for m in args.synth.split(",") if m]
+    diffusion = None
+    if set(methods) & set(DIFFUSION_METHODS):
+        diffusion = _diffusion_options(args, resolve_device("auto"))
+    report = evaluate(evalset, args.backbone, methods, args.out, steps=steps, only=only, diffusion=diffusion)
     page = write_report(report, args.out)
     print(json.dumps(report["summary"], indent=1))
     print(f"report: {page}")

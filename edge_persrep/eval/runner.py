@@ -161,9 +161,12 @@ def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gall
 
 
 def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, steps: int | None = None,
-             preset: str = "quick", seed: int = 0, only: list[str] | None = None) -> dict:
+             preset: str = "quick", seed: int = 0, only: list[str] | None = None, diffusion=None) -> dict:
     """`only`: evaluate these objects (all by default); every object stays in the gallery and
-    among the negatives."""
+    among the negatives. `diffusion` (DiffusionOptions) configures the Stable Diffusion methods,
+    which run on the GPU when there is one (the others on the CPU, for reproducible figures)."""
+    from ..server_side.synth import DIFFUSION_METHODS
+
     from ..pipeline import export_pretrained, personalize
 
     out.mkdir(parents=True, exist_ok=True)
@@ -196,12 +199,13 @@ def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, ste
     for method in methods:
         results[method], examples[method] = {}, []
         for obj in chosen:
-            if method == "cutpaste" and obj.train_masks is None:
-                continue  # Cut-and-Paste needs masks; this dataset has none
+            if method in ("cutpaste", "masked-dreambooth", "combined") and obj.train_masks is None:
+                continue  # these need masks; this dataset has none
             started = time.time()
             bundle = personalize(obj.train, obj.name, obj.category, work / "models" / method / obj.name,
                                  backbone=backbone, synth_method=method, negatives=[_negatives_dir(evalset, obj, work)],
-                                 masks=obj.train_masks, preset=preset, steps=steps, seed=seed, device="cpu")
+                                 masks=obj.train_masks, preset=preset, steps=steps, seed=seed,
+                                 device="auto" if method in DIFFUSION_METHODS else "cpu", diffusion=diffusion)
             timings[f"personalize_{method}_{obj.name}_s"] = round(time.time() - started, 1)
             started = time.time()
             finder, feats, gallery = features(bundle)
