@@ -360,13 +360,18 @@ def test_full_and_text_encoder_training_save_and_reload(mode, text_encoder, tiny
     before = {n: p.clone() for n, p in sd.unet.named_parameters()}
     text_before = sd.encode_prompts(["a photo of sks dog"])
     config = dreambooth.DreamBoothConfig(mode=mode, steps=3, class_images=2, train_text_encoder=text_encoder,
-                                         lr=1e-3 if mode == "full" else None)
+                                         lr=1e-3 if mode == "full" else None,
+                                         gradient_checkpointing=text_encoder)  # CUDA's default, on a CPU
     dreambooth.fine_tune(sd, _photos(examples), _photos(examples)[:2], "dog", config, tmp_path / "db")
     if mode == "full":
         assert (tmp_path / "db" / "unet" / "config.json").is_file()
         assert any(not torch.equal(p, before[n]) for n, p in sd.unet.named_parameters())
     else:
         assert not torch.allclose(sd.encode_prompts(["a photo of sks dog"]), text_before)
+        # with gradient checkpointing, every LoRA inside a checkpointed block still got gradients
+        moved = [n for n, p in sd.unet.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+        assert moved and len(moved) == sum("lora_B" in n for n, _ in sd.unet.named_parameters())
+        assert all(p.abs().sum() > 0 for n, p in sd.text_encoder.named_parameters() if "lora_B" in n)
     reloaded = sd_models.load_sd(tiny_sd)
     dreambooth.load_tuned(reloaded, tmp_path / "db", config)
     x, t = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([300])

@@ -229,8 +229,9 @@ def fine_tune(sd: StableDiffusion, photos: Sequence[Image.Image], class_images: 
     use_checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
     if use_checkpointing:
         sd.unet.enable_gradient_checkpointing()
-        if config.train_text_encoder:
-            sd.text_encoder.gradient_checkpointing_enable()
+        if config.train_text_encoder:  # transformers 5 renamed it; older releases have only the old name
+            enable = getattr(sd.text_encoder, "activation_checkpointing_enable", None)
+            (enable or sd.text_encoder.gradient_checkpointing_enable)()
     sd.unet.train()
     sd.text_encoder.train(config.train_text_encoder)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device == "cuda")
