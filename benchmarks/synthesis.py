@@ -71,15 +71,14 @@ def time_dreambooth(architecture: str, mode: str, steps: int, device: str, dtype
     class_images = [Image.effect_noise((size, size), 64).convert("RGB") for _ in range(4)]
     precision = "auto" if device == "cuda" else "fp32"
     with tempfile.TemporaryDirectory() as tmp:
-        warm = fine_tune(sd, photos, class_images, "dog", DreamBoothConfig(mode=mode, steps=3, precision=precision),
-                         Path(tmp) / "warm", device)
+        fine_tune(sd, photos, class_images, "dog", DreamBoothConfig(mode=mode, steps=3, precision=precision),
+                  Path(tmp) / "warm", device)
         del sd
         if device == "cuda":
             torch.cuda.empty_cache()
         sd = random_sd(architecture, device=device, dtype=dtype)
         summary = fine_tune(sd, photos, class_images, "dog",
                             DreamBoothConfig(mode=mode, steps=steps, precision=precision), Path(tmp) / "run", device)
-    del warm
     return {"seconds_per_step": summary["seconds_per_step"], "peak_gb": summary["peak_gpu_memory_gb"]}
 
 

@@ -147,17 +147,18 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     refuse_duplicates(photo_paths)
     original_masks = synth.match_masks(photo_paths, Path(masks)) if masks else None
     mask_arrays = synth.read_masks(photo_paths, original_masks) if original_masks else None  # refuse bad masks now
-    if synth_method == "cutpaste" and not original_masks:
-        raise EdgePersrepError("--synth cutpaste needs --masks DIR (one PNG per photo, white = object)")
+    if synth_method in synth.METHODS_NEEDING_MASKS and not original_masks:
+        raise EdgePersrepError(f"--synth {synth_method} needs --masks DIR (one PNG per photo, white = object)")
     if uses_diffusion:  # masks, SD folder, options: all checked before any long work
         from .server_side.synth.personalized_generation import check_request
 
         check_request(synth.SynthRequest(photo_paths, category, out / "synth", count=config.positives,
                                          masks=original_masks, diffusion=diffusion), synth_method)
-    if synth_data is not None:
+    given_data = None
+    if synth_data is not None:  # checked now, used at the synthesis stage
         from .server_side.synth.personalized_generation import read_synth_data
 
-        read_synth_data(Path(synth_data), category)
+        given_data = read_synth_data(Path(synth_data), category)
     if not negatives and others is None and synth_method not in synth.DIFFUSION_METHODS:
         raise EdgePersrepError("no negatives: pass --negatives DIR (photos of other objects of the same "
                                "category) or --others BUNDLE (objects already enrolled)")
@@ -189,10 +190,8 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     timings["prepare_s"] = round(time.time() - started, 1)
 
     started = time.time()
-    if synth_data is not None:
-        from .server_side.synth.personalized_generation import read_synth_data
-
-        result = read_synth_data(Path(synth_data), category)
+    if given_data is not None:
+        result = given_data
     else:
         request = synth.SynthRequest(photos=reference, category=category, out_dir=out / "synth",
                                      count=config.positives, seed=seed, masks=mask_paths, diffusion=diffusion,

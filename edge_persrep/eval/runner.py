@@ -165,9 +165,8 @@ def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, ste
     """`only`: evaluate these objects (all by default); every object stays in the gallery and
     among the negatives. `diffusion` (DiffusionOptions) configures the Stable Diffusion methods,
     which run on the GPU when there is one (the others on the CPU, for reproducible figures)."""
-    from ..server_side.synth import DIFFUSION_METHODS
-
     from ..pipeline import export_pretrained, personalize
+    from ..server_side.synth import DIFFUSION_METHODS, METHODS_NEEDING_MASKS
 
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
@@ -199,7 +198,7 @@ def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, ste
     for method in methods:
         results[method], examples[method] = {}, []
         for obj in chosen:
-            if method in ("cutpaste", "masked-dreambooth", "combined") and obj.train_masks is None:
+            if method in METHODS_NEEDING_MASKS and obj.train_masks is None:
                 continue  # these need masks; this dataset has none
             started = time.time()
             bundle = personalize(obj.train, obj.name, obj.category, work / "models" / method / obj.name,

@@ -10,7 +10,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -74,6 +74,30 @@ def top_k(gallery: np.ndarray, queries: np.ndarray, k: int) -> list[tuple[int, f
     return [(int(i), float(best[i])) for i in order]
 
 
+def embed_images(images: Iterable[Image.Image | str | os.PathLike], size: int,
+                 run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], batch_size: int) -> list[ImageFeatures]:
+    """Photos (or their paths) -> features, `batch_size` at a time through `run`, which maps uint8
+    [N, size, size, 3] to (embeddings [N, D], patch grids [N, h, w, C]): an ONNX session or torch."""
+    images = list(images)
+    out: list[ImageFeatures] = []
+    for start in range(0, len(images), batch_size):
+        chunk = [im if isinstance(im, Image.Image) else load_image(im) for im in images[start:start + batch_size]]
+        embeddings, grids = run(np.stack([resize_to_input(im, size) for im in chunk]))
+        out += [ImageFeatures(e, g, im.width, im.height) for e, g, im in zip(embeddings, grids, chunk)]
+    return out
+
+
+def object_cells(features: Sequence[ImageFeatures], masks: Sequence[np.ndarray] | None = None,
+                 negatives: Sequence[ImageFeatures] = ()) -> list[np.ndarray]:
+    """Each reference photo's object cells on its patch grid (bool [h, w]): from photo-sized masks,
+    or found from what the photos share against the negatives' patches (dense.foreground_patches)."""
+    if masks is not None:
+        return [dense.mask_to_grid(m, f.grid.shape[:2]) for m, f in zip(masks, features)]
+    c = features[0].grid.shape[2]
+    bank = np.concatenate([f.grid.reshape(-1, c) for f in negatives]) if len(negatives) else None
+    return dense.foreground_patches([f.grid for f in features], bank)
+
+
 class Finder:
     def __init__(self, bundle: Bundle, store: PrototypeStore | None = None):
         self.bundle = bundle
@@ -93,14 +117,7 @@ class Finder:
 
     # --- the expensive step -------------------------------------------------------------------
     def embed(self, images: Iterable[Image.Image | str | os.PathLike], batch_size: int = 8) -> list[ImageFeatures]:
-        images = list(images)
-        out: list[ImageFeatures] = []
-        for start in range(0, len(images), batch_size):
-            chunk = [im if isinstance(im, Image.Image) else load_image(im) for im in images[start:start + batch_size]]
-            batch = np.stack([resize_to_input(im, self.bundle.input_size) for im in chunk])
-            embeddings, grids = self.bundle.run(batch)
-            out += [ImageFeatures(e, g, im.width, im.height) for e, g, im in zip(embeddings, grids, chunk)]
-        return out
+        return embed_images(images, self.bundle.input_size, self.bundle.run, batch_size)
 
     # --- the cheap questions ------------------------------------------------------------------
     def _objects(self, names: Sequence[str] | None) -> list[Prototype]:
@@ -180,11 +197,7 @@ class Finder:
         feats = self.embed(images)
         neg_feats = self.embed(negatives) if len(negatives) else []
         c = self.bundle.layout.grid_dim
-        if masks is not None:
-            grid_masks = [dense.mask_to_grid(m, f.grid.shape[:2]) for m, f in zip(masks, feats)]
-        else:
-            neg_patches = np.concatenate([f.grid.reshape(-1, c) for f in neg_feats]) if neg_feats else None
-            grid_masks = dense.foreground_patches([f.grid for f in feats], neg_patches)
+        grid_masks = object_cells(feats, masks, neg_feats)
         targets, box_features = [], []
         for f, m in zip(feats, grid_masks):
             targets.append(dense.target_feature(f.grid[m]))

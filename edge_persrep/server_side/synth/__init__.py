@@ -10,7 +10,7 @@ from typing import Callable
 
 from ...runtime.errors import EdgePersrepError
 from . import augment, cutpaste
-from .base import SynthRequest, SynthResult, match_masks, read_masks
+from .base import METHODS_NEEDING_MASKS, SynthRequest, SynthResult, match_masks, read_masks
 
 DIFFUSION_METHODS = ("dreambooth", "masked-dreambooth", "combined")
 
@@ -37,4 +37,4 @@ def generate(method: str, request: SynthRequest) -> SynthResult:
     return GENERATORS[method](request)
 
 
-__all__ = ["DIFFUSION_METHODS", "GENERATORS", "SynthRequest", "SynthResult", "generate", "match_masks", "read_masks"]
+__all__ = ["DIFFUSION_METHODS", "GENERATORS", "METHODS_NEEDING_MASKS", "SynthRequest", "SynthResult", "generate", "match_masks", "read_masks"]

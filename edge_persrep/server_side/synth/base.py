@@ -1,7 +1,8 @@
 """The synthesis interface every generator plugs into (augment, cutpaste, the DreamBooth family).
 
 A generator reads a `SynthRequest` and writes positives into `out_dir/positives/` plus a manifest
-(`out_dir/manifest.json`) that records, per image, its file, source and parameters. Images already
+(`out_dir/manifest.json`; other image sets, such as generated negatives, get their own folder and
+manifest) that records, per image, its file, source and parameters. Images already
 listed in the manifest and present on disk are skipped, so an interrupted run resumes.
 """
 
@@ -42,6 +43,9 @@ class SynthResult:
     positives: list[Path]
     manifest: Path
     negatives: list[Path] = field(default_factory=list)  # generated negatives (DreamBooth methods)
+
+
+METHODS_NEEDING_MASKS = ("cutpaste", "masked-dreambooth", "combined")
 
 
 def load_masks(request: SynthRequest) -> list[np.ndarray]:
@@ -125,8 +129,8 @@ def run_generator(request: SynthRequest, name: str,
             done |= {e["file"] for e in manifest["images"]}
     manifest["images"] = [e for e in manifest["images"] if e["file"] in done]
     mine = shard_indices(request.count, rank, world)
-    todo = [i for i in mine if f"{subdir}/{i:05d}.jpg" not in done]
-    written = 0
+    todo = [i for i in mine if image_file(subdir, i) not in done]
+    unsaved = 0
     with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"synth {name} {subdir}", unit="img",
               leave=False) as bar:
         for start in range(0, len(todo), batch_size):
@@ -136,23 +140,28 @@ def run_generator(request: SynthRequest, name: str,
             else:
                 made = [make_one(random.Random(f"{request.seed}:{i}"), i) for i in chunk]
             for index, (image, params) in zip(chunk, made):
-                rel = f"{subdir}/{index:05d}.jpg"
+                rel = image_file(subdir, index)
                 buffer = io.BytesIO()
                 image.save(buffer, format="JPEG", quality=92)
                 atomic_write_bytes(request.out_dir / rel, buffer.getvalue())
                 manifest["images"].append({"file": rel, "seed": f"{request.seed}:{index}", **params})
-                written += 1
+                unsaved += 1
             bar.update(len(chunk))
-            if make_batch is not None or written % 50 < len(chunk):
+            if make_batch is not None or unsaved >= 50:  # a diffusion batch is worth saving at once
                 atomic_write_json(manifest_path, manifest)
+                unsaved = 0
     manifest["images"].sort(key=lambda e: e["file"])
     atomic_write_json(manifest_path, manifest)
-    return SynthResult([request.out_dir / e["file"] for e in manifest["images"] if e["file"] in _files(subdir, mine)],
-                       manifest_path)
+    return _result(request, manifest, {image_file(subdir, i) for i in mine}, manifest_path)
 
 
-def _files(subdir: str, indices) -> set[str]:
-    return {f"{subdir}/{i:05d}.jpg" for i in indices}
+def image_file(subdir: str, index: int) -> str:
+    """Where image `index` of a set lives, relative to the output directory (as the manifest names it)."""
+    return f"{subdir}/{index:05d}.jpg"
+
+
+def _result(request: SynthRequest, manifest: dict, files: set[str], manifest_path: Path) -> SynthResult:
+    return SynthResult([request.out_dir / e["file"] for e in manifest["images"] if e["file"] in files], manifest_path)
 
 
 def _part_name(manifest_name: str, rank: int, world: int) -> str:
@@ -162,7 +171,8 @@ def _part_name(manifest_name: str, rank: int, world: int) -> str:
 
 def merge_shards(request: SynthRequest, name: str, world: int, subdir: str = "positives",
                  manifest_name: str = "manifest.json", settings: dict | None = None) -> SynthResult:
-    """Join the part manifests of a sharded run into one, refusing overlaps and gaps."""
+    """Join the part manifests of a sharded run into one (an image listed twice counts once),
+    refusing gaps."""
     entries: dict[str, dict] = {}
     main = request.out_dir / manifest_name
     parts = [request.out_dir / _part_name(manifest_name, r, world) for r in range(world)]
@@ -170,7 +180,7 @@ def merge_shards(request: SynthRequest, name: str, world: int, subdir: str = "po
         if path.is_file():
             for e in _read_manifest(path, name, request, settings)["images"]:
                 entries.setdefault(e["file"], e)
-    expected = _files(subdir, range(request.count))
+    expected = {image_file(subdir, i) for i in range(request.count)}
     missing = sorted(expected - {f for f in entries if (request.out_dir / f).is_file()})
     if missing:
         raise EdgePersrepError(f"{request.out_dir}: sharded generation left {len(missing)} image(s) missing "
@@ -179,7 +189,7 @@ def merge_shards(request: SynthRequest, name: str, world: int, subdir: str = "po
     atomic_write_json(main, manifest)
     for path in parts:
         path.unlink(missing_ok=True)
-    return SynthResult([request.out_dir / e["file"] for e in manifest["images"] if e["file"] in expected], main)
+    return _result(request, manifest, expected, main)
 
 
 def _header(name: str, request: SynthRequest, settings: dict | None) -> dict:

@@ -180,7 +180,7 @@ def _trainable(sd: StableDiffusion, config: DreamBoothConfig):
 
 def fine_tune(sd: StableDiffusion, photos: Sequence[Image.Image], class_images: Sequence[Image.Image],
               category: str, config: DreamBoothConfig, out_dir: Path, device: str = "cpu",
-              masks: Sequence[np.ndarray] | None = None, resolution: int | None = None) -> dict:
+              masks: Sequence[np.ndarray] | None = None) -> dict:
     """Fine-tune `sd` in place on `photos`; save the result under `out_dir` and return a summary.
 
     A finished run (out_dir/dreambooth.json with the same config) is loaded instead of retrained.
@@ -202,7 +202,7 @@ def fine_tune(sd: StableDiffusion, photos: Sequence[Image.Image], class_images: 
 
     dev = torch.device(device)
     dtype = weight_dtype(config.precision, device)
-    size = resolution or sd.resolution
+    size = sd.resolution
     latent_side = size // sd.latent_factor
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -212,10 +212,9 @@ def fine_tune(sd: StableDiffusion, photos: Sequence[Image.Image], class_images: 
     if masks is not None:
         flat = [latent_mask(m, size, latent_side) for m in masks]
         mask_bank = torch.stack(flat + [m.flip(-1) for m in flat])
-    with torch.no_grad():
-        prompt_states = sd.encode_prompts([config.instance_prompt(category), class_prompt(category)]).float().cpu()
-    ids = sd.tokenizer([config.instance_prompt(category), class_prompt(category)], padding="max_length",
-                       max_length=sd.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    prompts = [config.instance_prompt(category), class_prompt(category)]
+    ids = sd.tokenize(prompts)  # rows 0 and 1: what each instance / class image is conditioned on
+    prompt_states = sd.encode_prompts(prompts).float().cpu()  # used as is when the text encoder is frozen
 
     from diffusers import DDPMScheduler
 
@@ -280,9 +279,9 @@ def fine_tune(sd: StableDiffusion, photos: Sequence[Image.Image], class_images: 
     for module in (sd.unet, sd.text_encoder):
         module.requires_grad_(False)
     save_tuned(sd, out_dir, config)
-    for module, dtype in zip((sd.unet, sd.text_encoder), base_dtypes):
-        if module.dtype != dtype:
-            module.to(dtype)  # back to the sampling precision
+    for module, base_dtype in zip((sd.unet, sd.text_encoder), base_dtypes):
+        if module.dtype != base_dtype:
+            module.to(base_dtype)  # back to the sampling precision
     checkpoints.clear()
     summary = {**record, "steps_run": config.steps - first_step, "seconds": round(seconds, 1),
                "seconds_per_step": round(seconds / max(1, config.steps - first_step), 4),

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from ...runtime import dense
 from ...runtime.files import atomic_write_json
-from ...runtime.finder import ImageFeatures
-from ...runtime.images import load_image, resize_to_input
+from ...runtime.finder import ImageFeatures, embed_images, object_cells
+from ...runtime.images import load_image
 from .prompts import group_of
 
 PAPER_THRESHOLD = 0.6
@@ -43,29 +43,22 @@ class Embedder:
         self.size = backbone.spec.preprocess.export_size
 
     def __call__(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[ImageFeatures]:
+        return embed_images(images, self.size, self._run, batch_size)
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        out = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            x = torch.from_numpy(np.stack([resize_to_input(im, self.size) for im in chunk])).to(self.device)
-            with torch.no_grad():
-                embeddings, grids = self.wrapper(x)
-            out += [ImageFeatures(e, g, im.width, im.height)
-                    for e, g, im in zip(embeddings.cpu().numpy(), grids.cpu().numpy(), chunk)]
-        return out
+        with torch.no_grad():
+            embeddings, grids = self.wrapper(torch.from_numpy(batch).to(self.device))
+        return embeddings.cpu().numpy(), grids.cpu().numpy()
 
 
 def object_crops(photos: Sequence[Image.Image], features: Sequence[ImageFeatures],
                  masks: Sequence[np.ndarray] | None) -> tuple[list[Image.Image], np.ndarray]:
     """The real photos' object crops (from masks, else found from what the photos share) and the
     object's patch targets [n, C] for localising it in generated images."""
-    if masks is not None:
-        grid_masks = [dense.mask_to_grid(m, f.grid.shape[:2]) for m, f in zip(masks, features)]
-    else:
-        grid_masks = dense.foreground_patches([f.grid for f in features])
     crops, targets = [], []
-    for photo, f, m in zip(photos, features, grid_masks):
+    for photo, f, m in zip(photos, features, object_cells(features, masks)):
         h, w = m.shape
         x0, y0, x1, y1 = dense.mask_box(m)
         crops.append(photo.crop((x0 * photo.width // w, y0 * photo.height // h,

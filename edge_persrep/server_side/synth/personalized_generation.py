@@ -27,7 +27,7 @@ from ...runtime.errors import EdgePersrepError
 from ...runtime.files import atomic_write_json
 from ...runtime.images import load_image
 from . import cutpaste
-from .base import SynthRequest, SynthResult, read_masks
+from .base import METHODS_NEEDING_MASKS, SynthRequest, SynthResult, read_masks
 from .dreambooth import DreamBoothConfig, check_precision, class_prompt, fine_tune, load_tuned, weight_dtype
 from .filtering import Embedder, default_threshold, filter_generated
 from .prompts import background_prompts, bank, read_prompt_file
@@ -60,7 +60,7 @@ def check_request(request: SynthRequest, method: str) -> Path:
         raise EdgePersrepError("DreamBooth needs at least 1 photo of the object (3 recommended)")
     for photo in request.photos:
         load_image(photo)
-    if method in ("masked-dreambooth", "combined") and not request.masks:
+    if method in METHODS_NEEDING_MASKS and not request.masks:
         raise EdgePersrepError(f"--synth {method} needs --masks DIR (one PNG per photo, white = object)")
     if request.masks:
         read_masks(request.photos, request.masks)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ...runtime.errors import EdgePersrepError
-from .base import SynthRequest, SynthResult, image_seed, merge_shards, run_generator
+from .base import SynthRequest, SynthResult, image_file, image_seed, merge_shards, run_generator
 from .sd_models import StableDiffusion
 
 SCHEDULERS = {"pndm": 50, "ddim": 50, "dpm++": 25}  # name -> default steps (pndm is SD 1.5's own: the paper's)
@@ -78,11 +78,11 @@ def wait_for_everyone() -> None:
 class Sampler:
     """Text -> images with one model state; `__call__(prompts, seeds)` returns PIL images."""
 
-    def __init__(self, sd: StableDiffusion, config: SamplingConfig, resolution: int | None = None):
+    def __init__(self, sd: StableDiffusion, config: SamplingConfig):
         from diffusers import StableDiffusionPipeline
 
         self.config = config
-        self.resolution = resolution or sd.resolution
+        self.resolution = sd.resolution
         self.pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,
                                             unet=sd.unet, scheduler=make_scheduler(config.scheduler, sd.scheduler_config),
                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -123,6 +123,6 @@ def sample_set(sampler: Sampler, request: SynthRequest, kind: str, prompt_for: C
                           settings=settings) if rank == 0 else None
     wait_for_everyone()
     if merged is None:  # the other processes read what rank 0 joined
-        return SynthResult([request.out_dir / f"{kind}/{i:05d}.jpg" for i in range(request.count)],
+        return SynthResult([request.out_dir / image_file(kind, i) for i in range(request.count)],
                            request.out_dir / manifest_name)
     return merged

@@ -101,13 +101,16 @@ class StableDiffusion:
     def resolution(self) -> int:
         return int(self.unet.config.sample_size) * self.latent_factor
 
+    def tokenize(self, prompts: list[str]):
+        """Token ids [n, 77], padded and truncated as the text encoder was trained."""
+        return self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+
     def encode_prompts(self, prompts: list[str]):
         import torch
 
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
-            return self.text_encoder(ids.to(self.text_encoder.device))[0]
+            return self.text_encoder(self.tokenize(prompts).to(self.text_encoder.device))[0]
 
 
 def load_sd(model: str | Path, device: str = "cpu", dtype=None) -> StableDiffusion:
