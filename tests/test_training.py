@@ -110,3 +110,23 @@ def test_killed_training_resumes_to_the_same_weights(examples, tmp_path, monkeyp
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     losses = json.loads((tmp_path / "resumed" / "loss.json").read_text())["loss"]
     assert losses == json.loads((tmp_path / "straight" / "loss.json").read_text())["loss"]
+
+
+def test_checkpoint_keeps_the_fp16_gradient_scale(tmp_path):
+    """A resumed fp16 run must not restart its loss scale at 65536 (it would skip steps on overflow)."""
+    import random
+
+    from edge_persrep.server_side.contrastive import Checkpoints
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(model(torch.ones(1, 2)).sum() * float("inf")).backward()  # an overflow halves the scale
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() == 512.0
+    Checkpoints(tmp_path, TrainConfig()).save(3, [1.0], model, optimizer, random.Random(0), scaler)
+
+    fresh = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    step, _ = Checkpoints(tmp_path, TrainConfig()).restore(torch.nn.Linear(2, 1), optimizer, random.Random(0), fresh)
+    assert step == 3 and fresh.get_scale() == 512.0

@@ -193,7 +193,7 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
 
 class Checkpoints:
     """Training state every `checkpoint_every` steps: LoRA weights, Adam state, both RNG states,
-    the step and the loss curve. Each checkpoint is a new directory; `checkpoint.json` (written
+    the step, the loss curve and, for fp16 training, the gradient scaler. Each checkpoint is a new directory; `checkpoint.json` (written
     atomically) names the current one, so a kill at any moment leaves a complete checkpoint.
     Resuming rebuilds the same augmented views (same seed) and restores the RNGs, so a resumed run
     ends with the same weights as an uninterrupted one."""
@@ -202,7 +202,8 @@ class Checkpoints:
         self.out_dir, self.pointer = out_dir, out_dir / "checkpoint.json"
         self.config = asdict(config)
 
-    def save(self, step: int, losses: list[float], backbone: Backbone, optimizer, rng: random.Random) -> None:
+    def save(self, step: int, losses: list[float], backbone: Backbone, optimizer, rng: random.Random,
+             scaler=None) -> None:
         from safetensors.torch import save_file
 
         target = self.out_dir / f"checkpoint-{step:06d}"
@@ -213,7 +214,8 @@ class Checkpoints:
         tensors["torch_rng"] = torch.get_rng_state()
         save_file(tensors, str(target / "state.safetensors"))
         version, internal, gauss = rng.getstate()
-        meta = {"step": step, "losses": losses, "config": self.config, "python_rng": [version, list(internal), gauss]}
+        meta = {"step": step, "losses": losses, "config": self.config, "python_rng": [version, list(internal), gauss],
+                "grad_scaler": scaler.state_dict() if scaler is not None else {}}
         atomic_write_json(target / "state.json", meta)
         previous = self._current()
         atomic_write_json(self.pointer, {"current": target.name})
@@ -227,7 +229,7 @@ class Checkpoints:
         path = self.out_dir / name
         return path if name.startswith("checkpoint-") and (path / "state.json").is_file() else None
 
-    def restore(self, backbone: Backbone, optimizer, rng: random.Random) -> tuple[int, list[float]]:
+    def restore(self, backbone: Backbone, optimizer, rng: random.Random, scaler=None) -> tuple[int, list[float]]:
         from safetensors.torch import load_file
 
         current = self._current()
@@ -252,6 +254,8 @@ class Checkpoints:
         torch.set_rng_state(tensors["torch_rng"])
         version, internal, gauss = meta["python_rng"]
         rng.setstate((version, tuple(internal), gauss))
+        if scaler is not None and meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
         return int(meta["step"]), list(meta["losses"])
 
     def clear(self) -> None:

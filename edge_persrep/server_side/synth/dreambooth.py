@@ -239,7 +239,7 @@ def fine_tune(sd: StableDiffusion, photos: Sequence[Image.Image], class_images: 
         torch.cuda.reset_peak_memory_stats()
 
     checkpoints = Checkpoints(out_dir, config)
-    first_step, losses = checkpoints.restore(modules, optimizer, rng)
+    first_step, losses = checkpoints.restore(modules, optimizer, rng, scaler)
     b, n = config.batch_size, len(photos)
     started = time.time()
     for step in tqdm(range(first_step, config.steps), desc="dreambooth", unit="step", initial=first_step,
@@ -270,7 +270,7 @@ def fine_tune(sd: StableDiffusion, photos: Sequence[Image.Image], class_images: 
         scaler.update()
         losses.append([round(loss.item(), 6), round(parts["instance"], 6), round(parts["prior"], 6)])
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            checkpoints.save(step + 1, losses, modules, optimizer, rng)
+            checkpoints.save(step + 1, losses, modules, optimizer, rng, scaler)
     seconds = time.time() - started
     sd.unet.eval()
     sd.text_encoder.eval()
