@@ -200,7 +200,7 @@ def cmd_personalize(args) -> None:
 
 
 def cmd_synth(args) -> None:
-    from .pipeline import resolve_device
+    from .pipeline import DIFFUSION_POSITIVES, resolve_device
     from .runtime import list_images
     from .runtime.images import refuse_duplicates
     from .server_side.synth import SynthRequest, match_masks, personalized_generation
@@ -210,7 +210,7 @@ def cmd_synth(args) -> None:
     refuse_duplicates(photos)
     options = _diffusion_options(args, resolve_device(args.device))
     options.filter_backbone, options.filter_weights = args.backbone, args.weights
-    request = SynthRequest(photos=photos, category=args.category, out_dir=args.out, count=args.positives or 450,
+    request = SynthRequest(photos=photos, category=args.category, out_dir=args.out, count=args.positives or DIFFUSION_POSITIVES,
                            seed=args.seed, masks=match_masks(photos, args.masks) if args.masks else None,
                            diffusion=options)
     result = personalized_generation.generate(request, args.method)
@@ -254,7 +254,6 @@ def cmd_export_adapter(args) -> None:
 
 def cmd_enroll(args) -> None:
     from .runtime import Finder, list_images
-
     from .runtime.images import refuse_duplicates
 
     finder = Finder.open(args.bundle)

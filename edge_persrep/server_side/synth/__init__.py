@@ -10,9 +10,7 @@ from typing import Callable
 
 from ...runtime.errors import EdgePersrepError
 from . import augment, cutpaste
-from .base import METHODS_NEEDING_MASKS, SynthRequest, SynthResult, match_masks, read_masks
-
-DIFFUSION_METHODS = ("dreambooth", "masked-dreambooth", "combined")
+from .base import DIFFUSION_METHODS, METHODS_NEEDING_MASKS, SynthRequest, SynthResult, match_masks, read_masks
 
 
 def _diffusion(method: str) -> Callable[[SynthRequest], SynthResult]:

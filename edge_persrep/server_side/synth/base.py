@@ -45,6 +45,7 @@ class SynthResult:
     negatives: list[Path] = field(default_factory=list)  # generated negatives (DreamBooth methods)
 
 
+DIFFUSION_METHODS = ("dreambooth", "masked-dreambooth", "combined")  # they run Stable Diffusion
 METHODS_NEEDING_MASKS = ("cutpaste", "masked-dreambooth", "combined")
 
 

@@ -23,19 +23,19 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from ...runtime.errors import EdgePersrepError
 from ...runtime.files import atomic_write_json
 from ...runtime.images import load_image
 from . import cutpaste
-from .base import METHODS_NEEDING_MASKS, SynthRequest, SynthResult, read_masks
+from .base import DIFFUSION_METHODS, METHODS_NEEDING_MASKS, SynthRequest, SynthResult, read_masks
 from .dreambooth import DreamBoothConfig, check_precision, class_prompt, fine_tune, load_tuned, weight_dtype
 from .filtering import Embedder, default_threshold, filter_generated
 from .prompts import background_prompts, bank, read_prompt_file
 from .sampling import Sampler, SamplingConfig, join_process_group, process_shard, sample_set, wait_for_everyone
 from .sd_models import DEFAULT_SD_MODEL, load_sd, resolve_sd_model
-
-METHODS = ("dreambooth", "masked-dreambooth", "combined")
-
 
 @dataclass
 class DiffusionOptions:
@@ -51,37 +51,34 @@ class DiffusionOptions:
     filter_weights: Path | None = None
 
 
-def check_request(request: SynthRequest, method: str) -> Path:
-    """Every input check that can fail, done before anything is loaded; returns the SD folder."""
+def check_request(request: SynthRequest, method: str) -> tuple[Path, list[Image.Image], list[np.ndarray] | None]:
+    """Every input check that can fail, done before anything is loaded; returns the SD folder and
+    the photos and masks it read."""
     options = request.diffusion or DiffusionOptions()
-    if method not in METHODS:
-        raise EdgePersrepError(f"unknown diffusion method '{method}'; choose one of: {', '.join(METHODS)}")
+    if method not in DIFFUSION_METHODS:
+        raise EdgePersrepError(f"unknown diffusion method '{method}'; choose one of: {', '.join(DIFFUSION_METHODS)}")
     if len(request.photos) < 1:
         raise EdgePersrepError("DreamBooth needs at least 1 photo of the object (3 recommended)")
-    for photo in request.photos:
-        load_image(photo)
+    photos = [load_image(p) for p in request.photos]
     if method in METHODS_NEEDING_MASKS and not request.masks:
         raise EdgePersrepError(f"--synth {method} needs --masks DIR (one PNG per photo, white = object)")
-    if request.masks:
-        read_masks(request.photos, request.masks)
+    masks = read_masks(request.photos, request.masks) if request.masks else None
     check_precision(options.dreambooth.precision, options.device)
     if options.prompts_file is not None:
         read_prompt_file(options.prompts_file, options.dreambooth.subject(request.category))
     if request.count < 1 or options.negatives < 1:
         raise EdgePersrepError("ask for at least 1 positive and 1 negative")
-    return resolve_sd_model(options.sd_model)
+    return resolve_sd_model(options.sd_model), photos, masks
 
 
 def generate(request: SynthRequest, method: str) -> SynthResult:
     options = request.diffusion or DiffusionOptions()
-    folder = check_request(request, method)  # 0
+    folder, photos, masks = check_request(request, method)  # 0
     db, device, out = options.dreambooth, options.device, request.out_dir
     out.mkdir(parents=True, exist_ok=True)
     join_process_group(device)
     rank, _ = process_shard()
     timings: dict[str, float] = {}
-    photos = [load_image(p) for p in request.photos]
-    masks = read_masks(request.photos, request.masks) if request.masks else None
     sd = load_sd(folder, device, weight_dtype(db.precision, device))
     settings = {"sd_model": str(options.sd_model), "method": method}
     untuned = Sampler(sd, options.sampling)
