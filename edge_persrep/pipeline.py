@@ -266,9 +266,8 @@ def folder_calibration(folder: Path, size: int):
 def export_run(run_dir: Path, out: Path, force: bool = False, formats: Sequence[str] = ("onnx",),
                precisions: Sequence[str] = ("fp32",), force_int8: bool = False, gate=None) -> Path:
     """Re-export a finished run (its adapter merged), re-enroll its object, and add variants."""
-
     from .export.precision import Gate
-    from .export.variants import add_variants
+    from .export.variants import add_variants, variant_names
 
     run_json = run_dir / "run.json"
     if not run_json.is_file():
@@ -285,7 +284,7 @@ def export_run(run_dir: Path, out: Path, force: bool = False, formats: Sequence[
     masks = synth.match_masks(reference, run_dir / "masks") if (run_dir / "masks").is_dir() else None
     export_bundle(model, out, reference, summary, record["name"], record.get("category", ""), negatives,
                   force=force, masks=masks)
-    if set(formats) != {"onnx"} or set(precisions) != {"fp32"}:
+    if variant_names(formats, precisions):
         calibration, checks = run_calibration(run_dir, model.spec.preprocess.export_size)
         add_variants(out, model, list(formats), list(precisions), calibration, checks, gate or Gate(), force_int8)
     return out
@@ -296,11 +295,11 @@ def export_pretrained(backbone: str, out: Path, weights: Path | None = None, for
                       calibration: Path | None = None, force_int8: bool = False, gate=None) -> Path:
     """The un-personalized baseline bundle (empty store; enroll objects with `edge-persrep enroll`)."""
     from .export.precision import Gate
-    from .export.variants import add_variants
+    from .export.variants import add_variants, variant_names
 
     model = create_backbone(backbone, pretrained=True, weights=weights)
     export_bundle(model, out, [], {"personalized": False}, force=force)
-    if set(formats) != {"onnx"} or set(precisions) != {"fp32"}:
+    if variant_names(formats, precisions):
         images, checks = folder_calibration(calibration, model.spec.preprocess.export_size) if calibration else (None, None)
         add_variants(out, model, list(formats), list(precisions), images, checks, gate or Gate(), force_int8)
     return out

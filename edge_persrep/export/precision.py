@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..eval.metrics import average_precision
-from ..runtime.bundle import make_session
+from ..runtime.bundle import make_session, run_in_chunks
 from ..runtime.errors import EdgePersrepError
 from .onnx_export import unit_cosines
 
@@ -90,11 +90,6 @@ def to_int8(src: Path, dst: Path, calibration: np.ndarray) -> str:
             return "minmax"
 
 
-def _run(session, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    outs = [session.run(["embedding", "patch_grid"], {"image": x[None]}) for x in images]
-    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
-
-
 def _ap(embeddings: np.ndarray, checks: CheckSet) -> float | None:
     r, p = len(checks.references), len(checks.positives)
     if r == 0 or p == 0 or len(checks.negatives) == 0:
@@ -106,8 +101,8 @@ def _ap(embeddings: np.ndarray, checks: CheckSet) -> float | None:
 def measure(reference: Path, candidate: Path, checks: CheckSet) -> dict:
     """Agreement of `candidate` with the fp32 `reference` model on the check images."""
     images = checks.all
-    e32, g32 = _run(make_session(reference, ["CPUExecutionProvider"]), images)
-    eq, gq = _run(make_session(candidate, ["CPUExecutionProvider"]), images)
+    e32, g32 = run_in_chunks(make_session(reference, ["CPUExecutionProvider"]), images, 1)
+    eq, gq = run_in_chunks(make_session(candidate, ["CPUExecutionProvider"]), images, 1)
     ap32, apq = _ap(e32, checks), _ap(eq, checks)
     return {"check_images": int(len(images)),
             "min_cosine_embedding": round(float(unit_cosines(e32, eq).min()), 5),

@@ -14,6 +14,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Sequence
 
 from ..runtime.bundle import MANIFEST
 from ..runtime.errors import EdgePersrepError
@@ -33,6 +34,11 @@ def parse_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
+def variant_names(formats: Sequence[str], precisions: Sequence[str]) -> list[str]:
+    """The variants asked for beyond the fp32 ONNX model every bundle has."""
+    return [p for p in precisions if p != "fp32"] + [f for f in formats if f != "onnx"]
+
+
 def add_variants(bundle_dir: Path, backbone, formats: list[str], precisions: list[str],
                  calibration=None, checks: CheckSet | None = None, gate: Gate = Gate(), force_int8: bool = False) -> dict:
     """Build the requested variants of bundle_dir/model.onnx; returns {name: manifest entry}."""
@@ -40,7 +46,7 @@ def add_variants(bundle_dir: Path, backbone, formats: list[str], precisions: lis
     manifest = json.loads(manifest_path.read_text())
     fp32 = bundle_dir / manifest["files"]["model"]["path"]
     size = manifest["input"]["size"]
-    wanted = [p for p in precisions if p != "fp32"] + [f for f in formats if f != "onnx"]
+    wanted = variant_names(formats, precisions)
     if "int8" in wanted and (calibration is None or checks is None):
         raise EdgePersrepError("int8 needs calibration and check images: export a run directory, or pass "
                                "--calibration DIR for a pretrained export")

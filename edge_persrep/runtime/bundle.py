@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError
-from .files import sha256_file
+from .files import sha256_tree
 
 FORMAT = "edge-persrep-bundle"
 FORMAT_VERSION = 1
@@ -115,30 +115,17 @@ class Bundle:
         return bundle
 
     def verify(self) -> None:
-        if not self.model_path.is_file():
-            raise BundleError(f"{self.model_path}: listed in {self.root / MANIFEST} but missing; re-export the bundle")
-        if sha256_file(self.model_path) != self.model_file_sha256:
-            raise BundleError(
-                f"{self.model_path}: checksum does not match {MANIFEST}; the file is corrupt or was "
-                "modified, re-export the bundle"
-            )
+        _check_listed_file(self.model_path, self.model_file_sha256, self.root / MANIFEST)
 
     def verify_variants(self) -> list[str]:
         """Check every listed variant's checksum (files or directories); returns their names."""
-        from .files import sha256_tree
-
         path = self.root / MANIFEST
         variants = self.manifest.get("variants") or {}
         if not isinstance(variants, dict):
             raise BundleError(f"{path}: field 'variants' must be a JSON object; re-export the bundle")
         for name, raw in variants.items():
             entry = _Manifest(raw, path, f"variants.{name}")
-            target = _inside(self.root, entry.get("path", str), path)
-            if not target.exists():
-                raise BundleError(f"{target}: listed in {path} but missing; re-export the bundle")
-            if sha256_tree(target) != entry.get("sha256", str):
-                raise BundleError(f"{target}: checksum does not match {MANIFEST}; the file is corrupt or was "
-                                  "modified, re-export the bundle")
+            _check_listed_file(_inside(self.root, entry.get("path", str), path), entry.get("sha256", str), path)
         return list(variants)
 
     @property
@@ -151,10 +138,23 @@ class Bundle:
         """uint8 [N, S, S, 3] -> (embedding [N, D], patch_grid [N, h, w, C]). A model with a fixed
         batch size (the mobile variant: 1) is run in chunks of that size."""
         fixed = self.session.get_inputs()[0].shape[0]
-        step = fixed if isinstance(fixed, int) and fixed > 0 else len(batch)
-        outs = [self.session.run(["embedding", "patch_grid"], {"image": batch[i:i + step]})
-                for i in range(0, len(batch), max(step, 1))]
-        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+        return run_in_chunks(self.session, batch, fixed if isinstance(fixed, int) and fixed > 0 else len(batch))
+
+
+def run_in_chunks(session, batch: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run an exported model `chunk` images at a time; (embeddings, patch grids) of the whole batch."""
+    outs = [session.run(["embedding", "patch_grid"], {"image": batch[i:i + chunk]})
+            for i in range(0, len(batch), max(chunk, 1))]
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def _check_listed_file(path: Path, expected_sha256: str, manifest: Path) -> None:
+    """A file (or directory, e.g. an .mlpackage) the manifest lists: present, with its checksum."""
+    if not path.exists():
+        raise BundleError(f"{path}: listed in {manifest} but missing; re-export the bundle")
+    if sha256_tree(path) != expected_sha256:
+        raise BundleError(f"{path}: checksum does not match {MANIFEST}; the file is corrupt or was "
+                          "modified, re-export the bundle")
 
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
