@@ -94,16 +94,13 @@ def coco_map(detections, ground_truth, iou=box_iou) -> dict:
 
 def best_f1(scores, labels) -> float:
     """The best F1 over all thresholds of a score list (classification)."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
-    order = np.argsort(-scores, kind="stable")
-    tp = np.cumsum(labels[order])
-    precision = tp / np.arange(1, len(order) + 1)
-    recall = tp / max(labels.sum(), 1)
+    precision, recall = precision_recall_curve(scores, labels)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
     return float(f1.max()) if len(f1) else 0.0
 
 
 def precision_recall_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall after each rank, scores sorted high to low (ties keep their order)."""
     scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
     order = np.argsort(-scores, kind="stable")
     tp = np.cumsum(labels[order])

@@ -192,23 +192,24 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
 
 
 class Checkpoints:
-    """Training state every `checkpoint_every` steps: LoRA weights, Adam state, both RNG states,
-    the step, the loss curve and, for fp16 training, the gradient scaler. Each checkpoint is a new directory; `checkpoint.json` (written
-    atomically) names the current one, so a kill at any moment leaves a complete checkpoint.
+    """Training state every `checkpoint_every` steps: trainable weights, Adam state, both RNG
+    states, the step, the loss curve and, for fp16 training, the gradient scaler. Used by the
+    contrastive training and by DreamBooth. Each checkpoint is a new directory; `checkpoint.json`
+    (written atomically) names the current one, so a kill at any moment leaves a complete checkpoint.
     Resuming rebuilds the same augmented views (same seed) and restores the RNGs, so a resumed run
     ends with the same weights as an uninterrupted one."""
 
-    def __init__(self, out_dir: Path, config: TrainConfig):
+    def __init__(self, out_dir: Path, config):  # a dataclass: TrainConfig or DreamBoothConfig
         self.out_dir, self.pointer = out_dir, out_dir / "checkpoint.json"
         self.config = asdict(config)
 
-    def save(self, step: int, losses: list[float], backbone: Backbone, optimizer, rng: random.Random,
+    def save(self, step: int, losses: list, model: torch.nn.Module, optimizer, rng: random.Random,
              scaler=None) -> None:
         from safetensors.torch import save_file
 
         target = self.out_dir / f"checkpoint-{step:06d}"
         target.mkdir(exist_ok=True)
-        tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in backbone.named_parameters() if p.requires_grad}
+        tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         for i, state in optimizer.state_dict()["state"].items():
             tensors.update({f"adam.{i}.{k}": v.detach().cpu().contiguous() for k, v in state.items()})
         tensors["torch_rng"] = torch.get_rng_state()
@@ -229,7 +230,7 @@ class Checkpoints:
         path = self.out_dir / name
         return path if name.startswith("checkpoint-") and (path / "state.json").is_file() else None
 
-    def restore(self, backbone: Backbone, optimizer, rng: random.Random, scaler=None) -> tuple[int, list[float]]:
+    def restore(self, model: torch.nn.Module, optimizer, rng: random.Random, scaler=None) -> tuple[int, list]:
         from safetensors.torch import load_file
 
         current = self._current()
@@ -240,7 +241,7 @@ class Checkpoints:
             raise EdgePersrepError(f"{current}: checkpoint was made with another training config; "
                                    f"delete {self.out_dir} to start over")
         tensors = load_file(str(current / "state.safetensors"))
-        params = dict(backbone.named_parameters())
+        params = dict(model.named_parameters())
         with torch.no_grad():
             for key, value in tensors.items():
                 if key.startswith("param."):
