@@ -119,8 +119,9 @@ def _add_export(sub) -> None:
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32 (always), fp16, int8")
     p.add_argument("--calibration", type=Path, help="with --pretrained: photos to calibrate and check int8")
     p.add_argument("--force-int8", action="store_true", help="ship an int8 model even if it fails the gate")
-    p.add_argument("--min-cosine", type=float, default=0.99, help="gate: min embedding cosine vs fp32")
-    p.add_argument("--max-ap-drop", type=float, default=0.01, help="gate: max classification AP drop vs fp32")
+    p.add_argument("--min-cosine", type=float, help="gate: min embedding cosine vs fp32 (default 0.99)")
+    p.add_argument("--max-ap-drop", type=float, help="gate: max classification AP drop vs fp32 (default 0.01)")
+    p.add_argument("--min-grid-cosine", type=float, help="gate: min mean patch-grid cosine vs fp32 (default 0.95)")
     p = sub.add_parser("export-adapter", help="the LoRA adapter alone (peft format, small)")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", required=True, type=Path)
@@ -233,12 +234,16 @@ def cmd_export(args) -> None:
 
     options = dict(formats=parse_list(args.format, FORMATS, "format"),
                    precisions=parse_list(args.precision, PRECISIONS, "precision"), force_int8=args.force_int8,
-                   gate=Gate(args.min_cosine, args.max_ap_drop), force=args.force)
+                   gate=Gate.with_overrides(min_cosine=args.min_cosine, max_ap_drop=args.max_ap_drop,
+                                            min_grid_cosine=args.min_grid_cosine), force=args.force)
     if args.pretrained:
         if not args.backbone:
             raise EdgePersrepError("export --pretrained needs --backbone NAME")
         out = export_pretrained(args.backbone, args.out, weights=args.weights, calibration=args.calibration, **options)
     elif args.run_dir is not None:
+        if args.calibration is not None:
+            raise EdgePersrepError(f"--calibration {args.calibration}: a run calibrates int8 on its own synthetic "
+                                   "positives and negatives; --calibration is for --pretrained exports only")
         out = export_run(args.run_dir, args.out, **options)
     else:
         raise EdgePersrepError("export: give a RUN_DIR, or --backbone NAME --pretrained")

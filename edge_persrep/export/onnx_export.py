@@ -54,11 +54,12 @@ class ExportWrapper(nn.Module):
         return l2_normalize(embedding, 1), l2_normalize(grid, -1)
 
 
-def unit_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine of unit (or all-zero) vectors along the last axis; two zero vectors agree (cosine 1):
-    a ReLU network can output an all-zero patch, which normalisation leaves at zero."""
-    both_zero = (np.linalg.norm(a, axis=-1) < 1e-6) & (np.linalg.norm(b, axis=-1) < 1e-6)
-    return np.where(both_zero, 1.0, np.sum(a * b, axis=-1))
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine along the last axis, whatever the vectors' norms; two zero vectors agree (cosine 1), a
+    zero and a non-zero one do not (0): a ReLU network can output an all-zero patch."""
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    both_zero = (na < 1e-6) & (nb < 1e-6)
+    return np.where(both_zero, 1.0, np.sum(a * b, axis=-1) / np.maximum(na * nb, 1e-12))
 
 
 def trace_onnx(wrapper: nn.Module, path: Path, size: int, constant_folding: bool = True) -> None:
@@ -95,8 +96,8 @@ def export_onnx(backbone: Backbone, path: Path, size: int, check_images: np.ndar
     embedding, grid = make_session(path, ["CPUExecutionProvider"]).run(["embedding", "patch_grid"], {"image": check_images})
     check = {
         "images": int(len(check_images)),
-        "min_cosine_embedding": float(np.min(unit_cosines(embedding, ref_embedding))),
-        "min_cosine_patch_grid": float(np.min(unit_cosines(grid, ref_grid))),
+        "min_cosine_embedding": float(np.min(cosines(embedding, ref_embedding))),
+        "min_cosine_patch_grid": float(np.min(cosines(grid, ref_grid))),
         "max_abs_diff_embedding": float(np.max(np.abs(embedding - ref_embedding))),
     }
     if min(check["min_cosine_embedding"], check["min_cosine_patch_grid"]) < MIN_COSINE:

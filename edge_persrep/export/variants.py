@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from ..runtime.bundle import MANIFEST
+from ..runtime.bundle import MANIFEST, SESSION_CONFIG
 from ..runtime.errors import EdgePersrepError
 from ..runtime.files import atomic_write_json, sha256_tree, tree_bytes
 from .precision import CheckSet, Gate, GateError, gate_verdict, measure, to_fp16, to_int8
@@ -64,8 +65,8 @@ def add_variants(bundle_dir: Path, backbone, formats: list[str], precisions: lis
             check = measure(fp32, path, checks) if checks is not None else None
             reasons = gate_verdict(check, gate) if check is not None else []
             entry = {"format": "onnx", "precision": name, "check": check, "calibration": method,
-                     "gate": {"min_cosine": gate.min_cosine, "max_ap_drop": gate.max_ap_drop,
-                              "passed": not reasons, "forced": bool(reasons)}}
+                     "session_config": dict(SESSION_CONFIG),  # what the gate measured under; apps set it too
+                     "gate": {**asdict(gate), "passed": not reasons, "forced": bool(reasons)}}
             if reasons and not (name == "int8" and force_int8):
                 path.unlink()
                 rejected[name] = {"check": check, "reasons": reasons}
@@ -89,6 +90,6 @@ def add_variants(bundle_dir: Path, backbone, formats: list[str], precisions: lis
     atomic_write_json(manifest_path, manifest)
     if rejected:
         details = "; ".join(f"{n}: {', '.join(r['reasons'])}" for n, r in rejected.items())
-        raise GateError(f"{bundle_dir}: refused to ship {details}. Other variants were written. Use --force-int8 to "
-                        "ship it anyway, or calibrate on more of your own photos")
+        raise GateError(f"{bundle_dir}: refused to ship {details}. Other variants were written. Ship fp16 or fp32 "
+                        "instead, or use --force-int8 to ship it anyway (marked forced in bundle.json)")
     return variants
