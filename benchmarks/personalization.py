@@ -1,18 +1,30 @@
-"""Does personalization help? Pretrained vs personalized Lite0 on a hard protocol of real photos.
+"""Does personalization help on identities training never saw? Pretrained vs personalized Lite0.
 
-For each chosen DreamBooth subject (default: ones with same-category look-alikes), personalize the
-backbone from its first 3 photos (`quick` preset, synth `augment`; negatives = the reference photos
-of the other subjects of its category plus one photo of every other subject), then score both
-models on the hard test set of eval/protocols.py (crops, occlusion, small scale, same-category
-collages; fixed seed) built from the held-out photos of all 30 subjects:
-    classification AP   label = the test image shows the subject; score = max cosine to its refs
-    retrieval top-1     single-subject test images of the subject vs a gallery of all 30 subjects'
-                        reference photos: is the nearest one the subject's?
-    pointing            test images with the subject at a known place (collage cell or pasted
-                        region): does the patch-similarity map peak inside it?
+Identity-disjoint protocol (eval/protocols.py): for each target (default: every DreamBooth subject
+with a same-category look-alike, 21 of 30), the other subjects are split into *seen* (the training
+negatives and the enrolment calibration negatives, as a user's `--negatives`) and *unseen* (the
+only distractors in the test and in the retrieval gallery). Test images come from held-out photos
+of the target and the unseen subjects: the photo, a crop, an occlusion, the photo small on another
+photo, and 2x2 / 3x3 scenes among unseen look-alikes. Both models enrol the target from its first
+3 photos with the same seen negatives; the personalized one is trained with `--seeds` seeds.
+
+Reported per target and model (what the user sees first):
+    present_bacc / present_f1   the `present` decision at the calibrated threshold: balanced
+                                accuracy and F1 over the test images (label: the target is shown)
+    ap / ap_global              classification AP of the runtime's score (global + region) and of
+                                the paper's global score alone
+    present_bacc_global         `present` as before region scoring: the global score against a
+                                threshold calibrated on global scores (side by side, same features)
+    pointing                    scenes where the best region window's centre lies in the target's cell
+    box_iou                     mean IoU of `find`'s box (similarity map, Otsu, largest blob) with
+                                the target's cell, on small / scene images
+    retrieval_top1              single-subject images of the target: is the nearest of the gallery
+                                (target + unseen subjects' reference photos) the target's?
 
     python benchmarks/personalization.py --data ../shared/data/dreambooth --out runs/bench-personalization
-Prints a table and writes OUT/personalization.json. Runs resume (each subject's run directory).
+    python benchmarks/personalization.py ... --targets dog,dog2 --seeds 0 --steps 20   (small, fast)
+Prints tables and writes OUT/personalization.json. Personalized runs resume (one run directory per
+target and seed); `--seeds ''` evaluates the pretrained model only.
 """
 
 from __future__ import annotations
@@ -27,108 +39,160 @@ from pathlib import Path
 import numpy as np
 
 from edge_persrep.eval.datasets import load_dreambooth
-from edge_persrep.eval.metrics import average_precision, point_in_box
-from edge_persrep.eval.protocols import PROTOCOL_SEED, hard_test_set
+from edge_persrep.eval.metrics import average_precision, box_iou, point_in_box
+from edge_persrep.eval.protocols import (PROTOCOL_SEED, SINGLE_KINDS, disjoint_test_set, identity_split,
+                                         lookalike_targets)
 from edge_persrep.pipeline import export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
-from edge_persrep.runtime.dense import similarity_map
 from edge_persrep.runtime.images import load_image
 
-DEFAULT_SUBJECTS = "dog,dog2,dog3,dog6,cat,cat2,colorful_sneaker,shiny_sneaker"
+METRICS = ("present_bacc", "present_f1", "ap", "ap_global", "present_bacc_global", "pointing", "box_iou",
+           "retrieval_top1")
 
 
-def evaluate(bundle_dir: Path, subject: str, subjects, test, gallery_paths) -> dict:
+def present_metrics(present: list[bool], labels: list[bool]) -> tuple[float, float]:
+    """Balanced accuracy and F1 of yes/no decisions (both 0 for F1 when nothing is found)."""
+    p, y = np.asarray(present, bool), np.asarray(labels, bool)
+    tp, fp, fn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum())
+    tpr = tp / max(1, y.sum())
+    tnr = float((~p & ~y).sum()) / max(1, (~y).sum())
+    f1 = 2 * tp / max(1, 2 * tp + fp + fn)
+    return (tpr + tnr) / 2, f1
+
+
+def evaluate(bundle_dir: Path, target: str, subjects, split, test, seen_negatives: list[Path]) -> dict:
     bundle = Bundle.load(bundle_dir)
     finder = Finder(bundle, PrototypeStore(bundle.model_sha256, bundle.layout.embedding_dim, bundle.layout.grid_dim))
-    s = subjects[subject]
-    finder.store.add(finder.make_prototype(subject, s.photos[:3], s.category))
-    proto = finder.store.objects[subject]
+    s = subjects[target]
+    finder.store.add(finder.make_prototype(target, s.photos[:3], s.category, negatives=seen_negatives))
+    proto = finder.store.objects[target]
+    paper = finder.make_prototype(target, s.photos[:3], s.category, negatives=seen_negatives, scoring="global")
     feats = finder.embed([t.image for t in test])
-    scores = [float((proto.embeddings @ f.embedding).max()) for f in feats]
-    labels = [subject in t.subjects for t in test]
-    gallery = finder.embed([load_image(p) for p, _ in gallery_paths])
-    gallery_owner = np.array([owner for _, owner in gallery_paths])
+    matches = [finder.classify(f)[0] for f in feats]
+    labels = [target in t.subjects for t in test]
+    bacc, f1 = present_metrics([m.present for m in matches], labels)
+    bacc_global, _ = present_metrics([m.global_score >= paper.threshold for m in matches], labels)
+    gallery_names = (target,) + split.unseen
+    gallery = finder.embed([load_image(p) for n in gallery_names for p in subjects[n].photos[:3]])
+    owner = np.array([n for n in gallery_names for _ in subjects[n].photos[:3]])
     g = np.stack([x.embedding for x in gallery])
-    top1, pointing = [], []
-    for t, f in zip(test, feats):
-        if t.subjects == {subject}:
-            top1.append(gallery_owner[int(np.argmax(g @ f.embedding))] == subject)
-        if subject in t.boxes:
-            sim = similarity_map(f.grid, proto.targets)
-            y, x = np.unravel_index(int(np.argmax(sim)), sim.shape)
-            h, w = sim.shape
-            point = ((x + 0.5) * t.image.width / w, (y + 0.5) * t.image.height / h)
-            pointing.append(point_in_box(point, t.boxes[subject]))
-    per_kind = {}
-    for kind in sorted({t.kind for t in test}):
-        idx = [i for i, t in enumerate(test) if t.kind == kind or not labels[i]]
-        if any(labels[i] and test[i].kind == kind for i in idx):
-            keep = [i for i in idx if not labels[i] or test[i].kind == kind]
-            per_kind[kind] = average_precision([scores[i] for i in keep], [labels[i] for i in keep])
-    return {"ap": average_precision(scores, labels), "ap_by_kind": per_kind, "top1": float(np.mean(top1)),
-            "pointing": float(np.mean(pointing)), "n_pos": int(sum(labels)), "n_test": len(test)}
+    top1, pointing, ious = [], [], []
+    for t, f, m in zip(test, feats, matches):
+        if target not in t.subjects:
+            continue
+        if t.kind in SINGLE_KINDS:
+            top1.append(owner[int(np.argmax(g @ f.embedding))] == target)
+        if t.kind in ("small", "scene2x2", "scene3x3"):
+            x0, y0, x1, y1 = m.region_box
+            pointing.append(point_in_box(((x0 + x1) / 2, (y0 + y1) / 2), t.boxes[target]))
+            located = finder.locate(f, m, with_mask=False)
+            ious.append(box_iou(located.box, t.boxes[target]) if located.box is not None else 0.0)
+    return {"present_bacc": bacc, "present_f1": f1, "ap": average_precision([m.score for m in matches], labels),
+            "ap_global": average_precision([m.global_score for m in matches], labels),
+            "present_bacc_global": bacc_global, "threshold_global": round(paper.threshold, 4),
+            "pointing": float(np.mean(pointing)), "box_iou": float(np.mean(ious)),
+            "retrieval_top1": float(np.mean(top1)), "threshold": round(proto.threshold, 4),
+            "n_pos": int(sum(labels)), "n_test": len(test)}
+
+
+def negatives_folder(subjects, split, target: str, out: Path) -> Path:
+    """The seen subjects' reference photos: all 3 of each same-category one, 1 of each other."""
+    folder = out / "negatives" / target
+    if not folder.is_dir():
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in split.seen:
+            o = subjects[name]
+            for p in o.photos[:3] if o.category == subjects[target].category else o.photos[:1]:
+                shutil.copy(p, tmp / f"{name}_{p.name}")
+        tmp.rename(folder)
+    return folder
+
+
+def summarize(rows: list[dict], seeds: list[int]) -> dict:
+    """Mean over targets per model; for the personalized model, mean and spread over seeds."""
+    summary = {"pretrained": {k: float(np.mean([r["pretrained"][k] for r in rows])) for k in METRICS}}
+    if seeds:
+        per_seed = {k: [float(np.mean([r["personalized"][str(sd)][k] for r in rows])) for sd in seeds] for k in METRICS}
+        summary["personalized"] = {k: float(np.mean(v)) for k, v in per_seed.items()}
+        summary["personalized_seed_std"] = {k: float(np.std(v)) for k, v in per_seed.items()}
+        deltas = [r["ap_change"] for r in rows]
+        summary["worst_ap_change"] = float(min(deltas))
+        summary["targets_losing_more_than_0.02_ap"] = [r["target"] for r in rows if r["ap_change"] < -0.02]
+    return summary
+
+
+def print_tables(rows: list[dict], summary: dict, seeds: list[int]) -> None:
+    print("\n| target | category | seen / unseen | AP pre | AP pers | dAP | present bAcc pre | pers | pointing pre | pers "
+          "| box IoU pre | pers | top-1 pre | pers |")
+    print("|" + "---|" * 15)
+    for r in rows:
+        b = r["pretrained"]
+        a = r["personalized_mean"] if seeds else {k: float("nan") for k in METRICS}
+        print(f"| {r['target']} | {r['category']} | {r['seen']} / {r['unseen']} | {b['ap']:.3f} | {a['ap']:.3f} | "
+              f"{r.get('ap_change', float('nan')):+.3f} | {b['present_bacc']:.3f} | {a['present_bacc']:.3f} | "
+              f"{b['pointing']:.3f} | {a['pointing']:.3f} | {b['box_iou']:.3f} | {a['box_iou']:.3f} | "
+              f"{b['retrieval_top1']:.3f} | {a['retrieval_top1']:.3f} |")
+    print("\n| model | " + " | ".join(METRICS) + " |")
+    print("|" + "---|" * (len(METRICS) + 1))
+    for model in ("pretrained", "personalized"):
+        if model in summary:
+            std = summary.get(f"{model}_seed_std", {})
+            cells = [f"{summary[model][k]:.3f}" + (f" ± {std[k]:.3f}" if k in std else "") for k in METRICS]
+            print(f"| {model} | " + " | ".join(cells) + " |")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="the DreamBooth dataset folder")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-personalization"))
-    ap.add_argument("--subjects", default=DEFAULT_SUBJECTS)
+    ap.add_argument("--targets", help="comma-separated subjects (default: every one with a same-category look-alike)")
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--steps", type=int, help="override the preset's training steps")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds of the personalized model ('' = pretrained only)")
     args = ap.parse_args(argv)
 
     subjects = load_dreambooth(args.data)
-    chosen = args.subjects.split(",")
-    test = hard_test_set(subjects)
-    gallery_paths = [(p, s.name) for s in subjects.values() for p in s.photos[:3]]
+    targets = args.targets.split(",") if args.targets else lookalike_targets(subjects)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
     pretrained = args.out / "pretrained"
     if not (pretrained / "bundle.json").is_file():
         export_pretrained("efficientnet_lite0", pretrained, force=True)
 
     rows = []
-    for name in chosen:
-        s = subjects[name]
-        neg_dir = args.out / "negatives" / name
-        if not neg_dir.is_dir():
-            neg_dir.mkdir(parents=True)
-            for o in subjects.values():
-                if o.name == name:
-                    continue
-                for p in (o.photos[:3] if o.category == s.category else o.photos[:1]):
-                    shutil.copy(p, neg_dir / f"{o.name}_{p.name}")
-        started = time.time()
-        bundle = personalize(s.photos[:3], name, s.category, args.out / "runs" / name, negatives=[neg_dir],
-                             preset=args.preset, steps=args.steps, seed=args.seed, device="cpu")
-        seconds = time.time() - started
-        before = evaluate(pretrained, name, subjects, test, gallery_paths)
-        after = evaluate(bundle, name, subjects, test, gallery_paths)
-        rows.append({"subject": name, "category": s.category, "pretrained": before, "personalized": after,
-                     "personalize_seconds": round(seconds, 1)})
-        print(f"{name:18s} AP {before['ap']:.3f} -> {after['ap']:.3f}   top1 {before['top1']:.3f} -> "
-              f"{after['top1']:.3f}   pointing {before['pointing']:.3f} -> {after['pointing']:.3f}", flush=True)
+    for target in targets:
+        s = subjects[target]
+        split = identity_split(subjects, target)
+        test = disjoint_test_set(subjects, split)
+        negatives = negatives_folder(subjects, split, target, args.out)
+        seen_negatives = sorted(negatives.iterdir())
+        row = {"target": target, "category": s.category, "seen": len(split.seen), "unseen": len(split.unseen),
+               "note": split.note, "pretrained": evaluate(pretrained, target, subjects, split, test, seen_negatives),
+               "personalized": {}, "personalize_seconds": {}}
+        for seed in seeds:
+            started = time.time()
+            bundle = personalize(s.photos[:3], target, s.category, args.out / "runs" / f"{target}-seed{seed}",
+                                 negatives=[negatives], preset=args.preset, steps=args.steps, seed=seed, device="cpu")
+            row["personalize_seconds"][str(seed)] = round(time.time() - started, 1)
+            row["personalized"][str(seed)] = evaluate(bundle, target, subjects, split, test, seen_negatives)
+        if seeds:
+            row["personalized_mean"] = {k: float(np.mean([row["personalized"][str(sd)][k] for sd in seeds]))
+                                        for k in METRICS}
+            row["ap_change"] = row["personalized_mean"]["ap"] - row["pretrained"]["ap"]
+        rows.append(row)
+        pre = row["pretrained"]
+        pers = row.get("personalized_mean")
+        print(f"{target:18s} AP {pre['ap']:.3f}" + (f" -> {pers['ap']:.3f}" if pers else "") +
+              f"   present bAcc {pre['present_bacc']:.3f}" + (f" -> {pers['present_bacc']:.3f}" if pers else "") +
+              f"   pointing {pre['pointing']:.3f}" + (f" -> {pers['pointing']:.3f}" if pers else ""), flush=True)
 
-    def mean(model, key):
-        return float(np.mean([r[model][key] for r in rows]))
-
-    summary = {k: {"pretrained": mean("pretrained", k), "personalized": mean("personalized", k)}
-               for k in ("ap", "top1", "pointing")}
-    report = {"protocol": {"seed": PROTOCOL_SEED, "refs_per_subject": 3, "test_images": len(test),
-                           "kinds": sorted({t.kind for t in test})},
-              "preset": args.preset, "steps": args.steps, "subjects": rows, "mean": summary}
+    summary = summarize(rows, seeds)
+    report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3},
+              "preset": args.preset, "steps": args.steps, "seeds": seeds, "targets": rows, "mean": summary}
     (args.out / "personalization.json").write_text(json.dumps(report, indent=2))
-    print()
-    print("| subject | category | AP pre | AP pers | top-1 pre | top-1 pers | pointing pre | pointing pers |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        b, a = r["pretrained"], r["personalized"]
-        print(f"| {r['subject']} | {r['category']} | {b['ap']:.3f} | {a['ap']:.3f} | {b['top1']:.3f} | {a['top1']:.3f} "
-              f"| {b['pointing']:.3f} | {a['pointing']:.3f} |")
-    m = summary
-    print(f"| **mean** | | {m['ap']['pretrained']:.3f} | {m['ap']['personalized']:.3f} | {m['top1']['pretrained']:.3f} "
-          f"| {m['top1']['personalized']:.3f} | {m['pointing']['pretrained']:.3f} | {m['pointing']['personalized']:.3f} |")
+    print_tables(rows, summary, seeds)
     print(f"\nwrote {args.out / 'personalization.json'}")
     return 0
 

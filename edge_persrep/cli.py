@@ -299,6 +299,9 @@ def cmd_find(args) -> None:
                 Image.fromarray(m.mask.astype("uint8") * 255).save(mask_path)
                 overlay(photo, m, args.overlays / f"{stem}.overlay.jpg")
             results.append({"name": m.name, "score": round(m.score, 4), "present": m.present,
+                            "threshold": round(finder.store.objects[m.name].threshold, 4),
+                            "global_score": round(m.global_score, 4), "region_score": round(m.region_score, 4),
+                            "region_box": list(m.region_box) if m.region_box is not None else None,
                             "box": list(m.box) if (m.box is not None and m.present) else None,
                             "box_score": None if m.box_score is None else round(m.box_score, 4),
                             "mask": str(mask_path) if (mask_path and m.present) else None})

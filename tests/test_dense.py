@@ -125,3 +125,22 @@ def test_components_match_a_reference_flood_fill_on_random_masks():
         labels, n = dense.connected_components(mask)
         assert ((labels > 0) == mask).all()
         assert sorted(np.bincount(labels.ravel())[1:].tolist()) == flood_sizes(mask) and n == len(flood_sizes(mask))
+
+
+def test_pooled_windows_by_hand():
+    grid = np.zeros((3, 3, 2), np.float32)
+    grid[..., 0] = 1  # every patch (1, 0) ...
+    grid[0, 0] = [0, 1]  # ... but the top-left one
+    feats, boxes = dense.pooled_windows(grid, [(2, 2), (3, 3)])
+    assert boxes.tolist() == [[0, 0, 2, 2], [1, 0, 3, 2], [0, 1, 2, 3], [1, 1, 3, 3], [0, 0, 3, 3]]
+    assert np.allclose(feats[0], np.array([3, 1]) / np.sqrt(10))  # mean (0.75, 0.25), normalised
+    assert np.allclose(feats[1:4], [1, 0])
+    assert np.allclose(feats[4], np.array([8, 1]) / np.sqrt(65))
+    with pytest.raises(ValueError, match="no window"):
+        dense.pooled_windows(grid, [(4, 4)])
+
+
+def test_window_sizes_follow_the_grid():
+    assert dense.window_sizes((10, 10)) == [(3, 3), (4, 4), (6, 6)]  # round(4.5) = 4
+    assert dense.window_sizes((2, 2)) == [(1, 1)]
+    assert dense.cells_to_pixels((1, 2, 3, 4), (10, 10), 200, 100) == (20, 20, 60, 40)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from ..runtime.images import load_image
+from ..runtime.images import compose_grid, load_image
 from .datasets import Subject
 
 PROTOCOL_SEED = 20250101  # fixed: every run of the benchmark sees the same test images
@@ -84,4 +84,92 @@ def hard_test_set(subjects: dict[str, Subject], n_refs: int = 3, seed: int = PRO
                 collage.paste(_square(cell, half), (cx, cy))
                 boxes[name] = (cx, cy, cx + half, cy + half)
             out.append(TestImage(collage, set(cells), "collage", source, boxes))
+    return out
+
+
+# --- identity-disjoint protocol (the default of benchmarks/personalization.py) --------------------
+SCENE_KINDS = ("photo", "crop", "occlude", "small", "scene2x2", "scene3x3")
+SINGLE_KINDS = ("photo", "crop", "occlude")  # show one subject only: retrieval queries
+
+
+@dataclass(frozen=True)
+class IdentitySplit:
+    """For one target: the subjects training may see (negatives, enrolment calibration) and the
+    ones only the test shows (distractors, retrieval gallery). A user's model never meets the
+    neighbour's dog in training; neither does the benchmark's."""
+
+    target: str
+    seen: tuple[str, ...]
+    unseen: tuple[str, ...]
+    note: str = ""
+
+
+def lookalike_targets(subjects: dict[str, Subject]) -> list[str]:
+    """Subjects that share their category with at least one other subject."""
+    count: dict[str, int] = {}
+    for s in subjects.values():
+        count[s.category] = count.get(s.category, 0) + 1
+    return [s.name for s in subjects.values() if count[s.category] > 1]
+
+
+def identity_split(subjects: dict[str, Subject], target: str, seed: int = PROTOCOL_SEED) -> IdentitySplit:
+    """Same-category subjects are halved (seen / unseen, at least one unseen), other categories
+    too; with a single same-category look-alike it is unseen and training sees other categories only."""
+    rng = random.Random(f"{seed}:{target}")
+    category = subjects[target].category
+    same = sorted(n for n, s in subjects.items() if s.category == category and n != target)
+    other = sorted(n for n, s in subjects.items() if s.category != category)
+    rng.shuffle(same)
+    rng.shuffle(other)
+    k = len(same) // 2
+    note = "" if k else (f"only {len(same)} other {category}: it is a test distractor, so training negatives "
+                         "come from other categories only")
+    half = len(other) // 2
+    return IdentitySplit(target, tuple(sorted(same[:k] + other[:half])), tuple(sorted(same[k:] + other[half:])), note)
+
+
+def disjoint_test_set(subjects: dict[str, Subject], split: IdentitySplit, n_refs: int = 3,
+                      seed: int = PROTOCOL_SEED) -> list[TestImage]:
+    """Test images from held-out photos of the target and the unseen subjects only, one of each
+    SCENE_KINDS per photo: the photo, a crop, an occlusion, the photo small on another category's
+    photo, and 2x2 / 3x3 scenes where the other cells show unseen subjects, same category first.
+    `boxes` gives where the photo's subject is (the whole frame for photo/crop/occlude)."""
+    rng = random.Random(f"{seed}:{split.target}:test")
+    names = (split.target,) + split.unseen
+    held = {n: [load_image(p) for p in subjects[n].photos[n_refs:]] for n in names}
+    out: list[TestImage] = []
+    for name in names:
+        category = subjects[name].category
+        same = [n for n in names if n != name and n != split.target and subjects[n].category == category and held[n]]
+        other = [n for n in names if n != split.target and subjects[n].category != category and held[n]]
+        for k, photo in enumerate(held[name]):
+            source = f"{name}/{subjects[name].photos[n_refs + k].name}"
+            whole = {name: (0, 0, SIDE, SIDE)}
+            out.append(TestImage(_square(photo), {name}, "photo", source, whole))
+            w, h = photo.size
+            area = rng.uniform(0.35, 0.6)
+            cw, ch = int(w * area ** 0.5), int(h * area ** 0.5)
+            x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            out.append(TestImage(_square(photo.crop((x0, y0, x0 + cw, y0 + ch))), {name}, "crop", source, whole))
+            occluded = _square(photo)
+            side = int(SIDE * rng.uniform(0.3, 0.4) ** 0.5)
+            bx, by = rng.randint(0, SIDE - side), rng.randint(0, SIDE - side)
+            occluded.paste((128, 128, 128), (bx, by, bx + side, by + side))
+            out.append(TestImage(occluded, {name}, "occlude", source, whole))
+            backdrop_owner = rng.choice(other)
+            backdrop = _square(rng.choice(held[backdrop_owner]))
+            side = int(SIDE * rng.uniform(0.3, 0.45))
+            px, py = rng.randint(0, SIDE - side), rng.randint(0, SIDE - side)
+            backdrop.paste(_square(photo, side), (px, py))
+            out.append(TestImage(backdrop, {name, backdrop_owner}, "small", source, {name: (px, py, px + side, py + side)}))
+            for n in (2, 3):
+                pool = same + [o for o in rng.sample(other, len(other))]
+                fillers = pool[: n * n - 1]
+                cells = [name] + fillers
+                rng.shuffle(cells)
+                images = [photo if c == name else rng.choice(held[c]) for c in cells]
+                cell = SIDE // n
+                boxes = {c: ((i % n) * cell, (i // n) * cell, (i % n + 1) * cell, (i // n + 1) * cell)
+                         for i, c in enumerate(cells)}
+                out.append(TestImage(compose_grid(images, n, SIDE), set(cells), f"scene{n}x{n}", source, boxes))
     return out

@@ -10,6 +10,8 @@ morphological clean-up; largest component = mask; its extent = box.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
@@ -195,3 +197,51 @@ def foreground_patches(grids: list[np.ndarray], negative_patches: np.ndarray | N
             mask = score >= score.max()
         masks.append(mask)
     return masks
+
+
+REGION_FRACTIONS = (0.3, 0.45, 0.6)  # window side / grid side: an object in a 3x3 or 2x2 scene cell, or larger
+
+
+def window_sizes(grid_hw: tuple[int, int], fractions: tuple[float, ...] = REGION_FRACTIONS) -> list[tuple[int, int]]:
+    """Square-ish windows (rows, cols) on an [h, w] grid, one per fraction of its sides, distinct."""
+    h, w = grid_hw
+    sizes = [(max(1, round(f * h)), max(1, round(f * w))) for f in fractions]
+    return list(dict.fromkeys(sizes))
+
+
+@functools.lru_cache(maxsize=16)
+def _windows(grid_hw: tuple[int, int], sizes: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of every size slid with stride 1 over an [h, w] grid: a 0/1 membership matrix
+    [N, h*w] (row n marks window n's cells) and the boxes [N, 4] (x0, y0, x1, y1, exclusive)."""
+    h, w = grid_hw
+    rows, boxes = [], []
+    for kh, kw in sizes:
+        for y in range(h - kh + 1):
+            for x in range(w - kw + 1):
+                cells = np.zeros((h, w), dtype=np.float32)
+                cells[y:y + kh, x:x + kw] = 1
+                rows.append(cells.ravel())
+                boxes.append((x, y, x + kw, y + kh))
+    if not rows:
+        raise ValueError(f"no window of sizes {list(sizes)} fits a {h}x{w} grid")
+    return np.stack(rows), np.array(boxes)
+
+
+def pooled_windows(grid: np.ndarray, sizes: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of every size slid over a grid [h, w, C] with stride 1, mean-pooled and
+    L2-normalised: (features [N, C], boxes [N, 4] as grid cells x0, y0, x1, y1 exclusive).
+
+    One matrix product with the windows' membership matrix (0.6 ms for Lite0's 10x10x1280 grid,
+    where a summed-area table in numpy took 8 ms). Mean-pooling unit patches is how the references'
+    object features (`box_features`) are made, so the two compare.
+    """
+    h, w, c = grid.shape
+    membership, boxes = _windows((h, w), tuple(sizes))
+    return l2_normalize(membership @ np.asarray(grid, dtype=np.float32).reshape(h * w, c)), boxes
+
+
+def cells_to_pixels(box: np.ndarray | tuple, grid_hw: tuple[int, int], width: int, height: int) -> tuple[int, int, int, int]:
+    """A box in grid cells [x0, y0, x1, y1) -> the same region in photo pixels."""
+    h, w = grid_hw
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return (round(x0 * width / w), round(y0 * height / h), round(x1 * width / w), round(y1 * height / h))

@@ -2,6 +2,14 @@
 
 Like SAM's predictor, the expensive step (`embed`: one model run) is separate from the cheap
 per-object questions, which use only the global embedding and the patch grid.
+
+Is the object in the photo? The paper scores the global embedding (max cosine to the reference
+photos). In a cluttered photo where the object fills a quarter or a ninth of the frame that
+embedding is mostly something else, so the score also looks where the object may be: windows of
+the patch grid at three sizes (dense.pooled_windows) are compared with the references' object
+features, and the object's score is the larger of the two. `present` compares it with a threshold
+calibrated at enrolment on the same kind of scores: the references (each against the others),
+2x2 and 3x3 scenes composed of a reference among negatives, the negatives and scenes of them.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ from . import dense
 from .bundle import Bundle
 from .errors import EdgePersrepError, StoreError
 from .files import locked
-from .images import load_image, resize_to_input
-from .store import PrototypeStore, Prototype
+from .images import compose_grid, load_image, resize_to_input
+from .store import SCORING_RULES, Prototype, PrototypeStore
 
 PHOTO_SIDE = 384  # reference photos kept in the store are downscaled to this long side
+SCENE_GRIDS = (2, 3)  # enrolment calibrates on 2x2 and 3x3 scenes (one reference among negatives)
+SCENE_SIDE = 640
 
 
 @dataclass
@@ -38,8 +48,11 @@ class Match:
     """One enrolled object's answer for one photo."""
 
     name: str
-    score: float  # classification: max cosine of the photo's embedding to the object's references
+    score: float  # max(global_score, region_score) (only global_score for objects enrolled before regions)
     present: bool  # score >= the object's calibrated threshold
+    global_score: float = 0.0  # paper: max cosine of the photo's embedding to the object's references
+    region_score: float = 0.0  # best window of the patch grid against the references' object features
+    region_box: tuple[int, int, int, int] | None = None  # that window, in photo pixels
     box: tuple[int, int, int, int] | None = None  # [x0, y0, x1, y1) in photo pixels
     box_score: float | None = None  # max cosine of box-pooled patches to the references' (paper)
     mask: np.ndarray | None = None  # bool [height, width]
@@ -131,25 +144,38 @@ class Finder:
                                    f"(enrolled: {', '.join(self.store.objects)})")
         return [self.store.objects[n] for n in names]
 
-    def _reference_matrix(self) -> tuple[np.ndarray, np.ndarray, list[Prototype]]:
-        """All objects' reference embeddings stacked once ([sum K, D], row offsets per object), so
-        scoring thousands of objects is one matrix product; rebuilt when the store changes."""
+    def _reference_matrix(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Prototype]]:
+        """All objects' reference embeddings [sum K, D] and object features [sum K, C] stacked once,
+        with row offsets per object, so scoring thousands of objects is two matrix products; rebuilt
+        when the store changes."""
         key = id(self.store), tuple(self.store.objects)
         if getattr(self, "_matrix_key", None) != key:
             objects = list(self.store.objects.values())
             sizes = [len(p.embeddings) for p in objects]
             self._matrix = (np.concatenate([p.embeddings for p in objects]),
+                            np.concatenate([p.box_features for p in objects]),
                             np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), objects)
             self._matrix_key = key
         return self._matrix
 
     def classify(self, features: ImageFeatures, names: Sequence[str] | None = None) -> list[Match]:
-        """Paper: score = max cosine to the object's reference photos."""
+        """Each object's global, region and combined score, and `present` at its threshold."""
         chosen = self._objects(names)
-        matrix, offsets, objects = self._reference_matrix()
-        best = np.maximum.reduceat(matrix @ features.embedding, offsets)
-        score_of = {p.name: float(s) for p, s in zip(objects, best)}
-        return [Match(p.name, score_of[p.name], score_of[p.name] >= p.threshold) for p in chosen]
+        embeddings, object_features, offsets, objects = self._reference_matrix()
+        global_best = np.maximum.reduceat(embeddings @ features.embedding, offsets)
+        windows, cells = dense.pooled_windows(features.grid, dense.window_sizes(features.grid.shape[:2]))
+        window_sims = windows @ object_features.T  # [windows, sum K]
+        best_per_reference, best_window = window_sims.max(axis=0), window_sims.argmax(axis=0)
+        bounds = list(offsets) + [len(best_per_reference)]
+        match_of = {}
+        for i, p in enumerate(objects):
+            reference = bounds[i] + int(np.argmax(best_per_reference[bounds[i]:bounds[i + 1]]))
+            g, r = float(global_best[i]), float(best_per_reference[reference])
+            score = combined_score(g, r, p.scoring)
+            box = dense.cells_to_pixels(cells[best_window[reference]], features.grid.shape[:2], features.width,
+                                        features.height)
+            match_of[p.name] = Match(p.name, score, score >= p.threshold, g, r, box)
+        return [match_of[p.name] for p in chosen]
 
     def locate(self, features: ImageFeatures, match: Match, with_mask: bool) -> Match:
         """Fill `match.box`, `match.box_score` (and `match.mask`) from the patch-similarity map."""
@@ -189,13 +215,12 @@ class Finder:
     # --- enrolment ----------------------------------------------------------------------------
     def make_prototype(self, name: str, photos: Sequence[str | os.PathLike | Image.Image], category: str = "",
                        negatives: Sequence[str | os.PathLike | Image.Image] = (),
-                       masks: Sequence[np.ndarray] | None = None) -> Prototype:
+                       masks: Sequence[np.ndarray] | None = None, scoring: str = "region") -> Prototype:
         """Embed reference photos and take their object patches from `masks` (bool, photo-sized)
         or, without masks, find them (dense.foreground_patches). The threshold is calibrated
-        against `negatives` and every object already in the store."""
-        images = [im if isinstance(im, Image.Image) else load_image(im) for im in photos]
-        feats = self.embed(images)
-        neg_feats = self.embed(negatives) if len(negatives) else []
+        against `negatives` and every object already in the store (see the module docstring)."""
+        images, negative_images = _as_images(photos), _as_images(negatives)
+        feats, neg_feats = self.embed(images), self.embed(negative_images)
         c = self.bundle.layout.grid_dim
         grid_masks = object_cells(feats, masks, neg_feats)
         targets, box_features = [], []
@@ -203,16 +228,37 @@ class Finder:
             targets.append(dense.target_feature(f.grid[m]))
             x0, y0, x1, y1 = dense.mask_box(m)
             box_features.append(dense.l2_normalize(f.grid[y0:y1, x0:x1].reshape(-1, c).mean(axis=0)))
-        embeddings = np.stack([f.embedding for f in feats])
-        sims = embeddings @ embeddings.T
-        np.fill_diagonal(sims, -np.inf)
-        positives = sims.max(axis=1) if len(feats) > 1 else []
-        negative_embeddings = [f.embedding for f in neg_feats]
-        negative_embeddings += [e for other in self.store.objects.values() if other.name != name for e in other.embeddings]
-        negatives_scores = (np.stack(negative_embeddings) @ embeddings.T).max(axis=1) if negative_embeddings else []
+        embeddings, box_features = np.stack([f.embedding for f in feats]), np.stack(box_features)
+        others = [im for other in self.store.objects.values() if other.name != name for im in stored_photos(other)]
+        if scoring not in SCORING_RULES:
+            raise EdgePersrepError(f"unknown scoring '{scoring}': use {' or '.join(SCORING_RULES)}")
+        positives, negatives_scores = self._calibration_scores(images, feats, embeddings, box_features,
+                                                               negative_images + others, neg_feats + self.embed(others),
+                                                               scoring)
         threshold = decision_threshold(positives, negatives_scores, self.bundle.default_threshold)
-        return Prototype(name, category, embeddings, np.stack(targets), np.stack(box_features), threshold,
-                         [_jpeg(im) for im in images])
+        return Prototype(name, category, embeddings, np.stack(targets), box_features, threshold,
+                         [_jpeg(im) for im in images], scoring)
+
+    def _calibration_scores(self, images: list[Image.Image], feats: list[ImageFeatures], embeddings: np.ndarray,
+                            box_features: np.ndarray, negative_images: list[Image.Image],
+                            negative_feats: list[ImageFeatures], scoring: str) -> tuple[list[float], list[float]]:
+        """Scores of the object (each reference, alone and in 2x2/3x3 scenes among negatives, against
+        the other references) and of other things (the negatives, and scenes made only of them).
+        Scenes are for region scoring only; "global" calibrates as the paper's score always did."""
+        positives: list[float] = []
+        if len(images) > 1:
+            for i, (image, f) in enumerate(zip(images, feats)):
+                rest = np.arange(len(images)) != i
+                use_scenes = negative_images and scoring == "region"
+                scenes = [scene_with(image, negative_images, n, offset=i) for n in SCENE_GRIDS] if use_scenes else []
+                for g in [f] + self.embed(scenes):
+                    positives.append(object_score(g, embeddings[rest], box_features[rest], scoring))
+        negative_scenes = [compose_grid(negative_images[k:] + negative_images[:k], n, SCENE_SIDE)
+                           for n in SCENE_GRIDS for k in range(0, len(negative_images), n * n)][:8]
+        negative_scenes = negative_scenes if scoring == "region" else []  # "global": calibrated as before regions
+        negative_feats = negative_feats + self.embed(negative_scenes)
+        negatives = [object_score(g, embeddings, box_features, scoring) for g in negative_feats]
+        return positives, negatives
 
     def enroll(self, name: str, photos: Sequence[str | os.PathLike | Image.Image], category: str = "",
                negatives: Sequence[str | os.PathLike | Image.Image] = (),
@@ -226,6 +272,32 @@ class Finder:
             self.store.add(prototype)
             self.store.save(path)
         return prototype
+
+
+def combined_score(global_score: float, region_score: float, scoring: str = "region") -> float:
+    """The score `present` is judged on: the larger of the two, or the global one for objects
+    enrolled before region scoring (their threshold was calibrated on it)."""
+    return max(global_score, region_score) if scoring == "region" else global_score
+
+
+def object_score(features: ImageFeatures, embeddings: np.ndarray, box_features: np.ndarray,
+                 scoring: str = "region") -> float:
+    """One photo's score for one object from its references' arrays, as `classify` computes it."""
+    windows, _ = dense.pooled_windows(features.grid, dense.window_sizes(features.grid.shape[:2]))
+    return combined_score(float((embeddings @ features.embedding).max()), float((windows @ box_features.T).max()),
+                          scoring)
+
+
+def scene_with(photo: Image.Image, fillers: Sequence[Image.Image], n: int, offset: int = 0) -> Image.Image:
+    """An n x n scene: `photo` in cell (offset mod n*n), fillers (cycled from `offset`) elsewhere."""
+    k = n * n
+    cells = [fillers[(offset + j) % len(fillers)] for j in range(k - 1)]
+    cells.insert(offset % k, photo)
+    return compose_grid(cells, n, SCENE_SIDE)
+
+
+def _as_images(items: Sequence[str | os.PathLike | Image.Image]) -> list[Image.Image]:
+    return [im if isinstance(im, Image.Image) else load_image(im) for im in items]
 
 
 def _jpeg(image: Image.Image) -> bytes:

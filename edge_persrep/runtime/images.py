@@ -96,3 +96,13 @@ def resize_to_input(image: Image.Image, size: int) -> np.ndarray:
     """The runtime's only resize: the whole image stretched to size x size (nothing cropped, so a
     box on the model's grid maps back to the photo by scaling x and y). Returns uint8 HWC RGB."""
     return np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def compose_grid(photos: list[Image.Image], n: int, side: int) -> Image.Image:
+    """An n x n scene of `side` px: photo k (stretched) in cell k, row by row; cells past the
+    photos stay grey. Enrolment calibrates `present` on such scenes; the benchmarks test on them."""
+    scene = Image.new("RGB", (side, side), (128, 128, 128))
+    cell = side // n
+    for k, photo in enumerate(photos[: n * n]):
+        scene.paste(photo.convert("RGB").resize((cell, cell), Image.BICUBIC), ((k % n) * cell, (k // n) * cell))
+    return scene

@@ -27,6 +27,7 @@ from .errors import StoreError
 from .files import atomic_write_bytes
 
 STORE_FORMAT_VERSION = 1
+SCORING_RULES = ("region", "global")
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Prototype:
     box_features: np.ndarray
     threshold: float
     photos: list[bytes] = field(default_factory=list)
+    scoring: str = "region"  # what `threshold` was calibrated on: "region" (max of global and region
+    # score, finder.py) or "global" (the embedding alone; objects enrolled before region scoring)
 
 
 @dataclass
@@ -66,7 +69,7 @@ class PrototypeStore:
             for j, photo in enumerate(p.photos):
                 arrays[f"o{i}_photo{j}"] = np.frombuffer(photo, dtype=np.uint8)
             entries.append({"name": p.name, "category": p.category, "threshold": float(p.threshold),
-                            "photos": len(p.photos)})
+                            "photos": len(p.photos), "scoring": p.scoring})
         meta = {
             "format_version": STORE_FORMAT_VERSION,
             "model_sha256": self.model_sha256,
@@ -140,8 +143,10 @@ def _parse(arrays: dict[str, np.ndarray], path: Path) -> PrototypeStore:
         if not isinstance(entry, dict):
             raise bad(f"object {i} is not an object")
         name, category, threshold, n_photos = (entry.get(k) for k in ("name", "category", "threshold", "photos"))
+        scoring = entry.get("scoring", "global")  # stores written before region scoring have none
         if not (isinstance(name, str) and name and isinstance(category, str) and _is_count(n_photos, zero=True)
-                and isinstance(threshold, (int, float)) and not isinstance(threshold, bool)):
+                and isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+                and scoring in SCORING_RULES):
             raise bad(f"object {i} has fields of the wrong type")
         try:
             emb, tgt, box = (arrays[f"o{i}_{k}"] for k in ("embeddings", "targets", "box_features"))
@@ -152,7 +157,7 @@ def _parse(arrays: dict[str, np.ndarray], path: Path) -> PrototypeStore:
                      and box.shape == tgt.shape and len(emb) == len(tgt) and len(emb) > 0)
         if not shapes_ok or any(a.dtype != np.float32 for a in (emb, tgt, box)):
             raise bad(f"object '{name}' has arrays of the wrong shape or type")
-        store.objects[name] = Prototype(name, category, emb, tgt, box, float(threshold), photos)
+        store.objects[name] = Prototype(name, category, emb, tgt, box, float(threshold), photos, scoring)
     return store
 
 
