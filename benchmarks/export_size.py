@@ -16,10 +16,10 @@ import torch
 
 from edge_persrep.eval.bench import print_and_save
 from edge_persrep.eval.datasets import load_dreambooth
-from edge_persrep.eval.metrics import average_precision
-from edge_persrep.export.onnx_export import ExportWrapper
 from edge_persrep.runtime.images import load_image, resize_to_input
+from edge_persrep.runtime.metrics import average_precision
 from edge_persrep.server_side.backbones import create_backbone
+from edge_persrep.server_side.embedder import ImageEmbedder
 
 
 def main(argv=None) -> int:
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     subjects = load_dreambooth(args.data)
     photos = {s.name: [load_image(p) for p in s.photos] for s in subjects.values()}
-    wrapper = ExportWrapper(create_backbone(args.backbone)).eval()
+    wrapper = ImageEmbedder(create_backbone(args.backbone)).eval()
     report = {"backbone": args.backbone}
     for size in map(int, args.sizes.split(",")):
         with torch.no_grad():

@@ -39,12 +39,17 @@ from pathlib import Path
 import numpy as np
 
 from edge_persrep.eval.datasets import load_dreambooth
-from edge_persrep.eval.metrics import average_precision, box_iou, point_in_box
-from edge_persrep.eval.protocols import (PROTOCOL_SEED, SINGLE_KINDS, disjoint_test_set, identity_split,
-                                         lookalike_targets)
+from edge_persrep.eval.protocols import (
+    PROTOCOL_SEED,
+    SINGLE_KINDS,
+    disjoint_test_set,
+    identity_split,
+    lookalike_targets,
+)
 from edge_persrep.pipeline import export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
 from edge_persrep.runtime.images import load_image
+from edge_persrep.runtime.metrics import average_precision, box_iou, point_in_box
 
 METRICS = ("present_bacc", "present_f1", "ap", "ap_global", "present_bacc_global", "pointing", "box_iou",
            "retrieval_top1")

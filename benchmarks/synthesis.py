@@ -58,12 +58,11 @@ def time_sampling(sd, scheduler: str, steps: int, batch: int, repeats: int, devi
 
 def time_dreambooth(architecture: str, mode: str, steps: int, device: str, dtype) -> dict:
     """fine_tune on a fresh model: seconds/step (after 3 warm-up steps) and peak GPU memory."""
+    import torch
     from PIL import Image
 
     from edge_persrep.server_side.synth.dreambooth import DreamBoothConfig, fine_tune
     from edge_persrep.server_side.synth.sd_models import random_sd
-
-    import torch
 
     sd = random_sd(architecture, device=device, dtype=dtype)
     size = sd.resolution

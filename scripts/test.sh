@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

@@ -14,6 +14,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("open_clip")
 
 from conftest import box_masks, run_cli  # noqa: E402
+
 from edge_persrep.runtime import EdgePersrepError, list_images, load_image  # noqa: E402
 from edge_persrep.server_side.synth import base, dreambooth, prompts, sampling, sd_models  # noqa: E402
 from edge_persrep.server_side.synth.base import SynthRequest  # noqa: E402

@@ -9,10 +9,11 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from edge_persrep.export.bundle_writer import write_bundle  # noqa: E402
-from edge_persrep.export.onnx_export import ExportWrapper, export_onnx  # noqa: E402
+from edge_persrep.export.onnx_export import export_onnx  # noqa: E402
 from edge_persrep.runtime import Bundle, load_image  # noqa: E402
 from edge_persrep.runtime.images import resize_to_input  # noqa: E402
 from edge_persrep.server_side.backbones import create_backbone  # noqa: E402
+from edge_persrep.server_side.embedder import ImageEmbedder  # noqa: E402
 
 
 def test_lite0_bundle_matches_torch_on_real_photos(pretrained_bundle, examples):
@@ -23,7 +24,7 @@ def test_lite0_bundle_matches_torch_on_real_photos(pretrained_bundle, examples):
     photos = [load_image(p) for p in sorted((examples / "dog_heldout").glob("*.jpg"))]
     batch = np.stack([resize_to_input(p, bundle.input_size) for p in photos])
     embedding, grid = bundle.run(batch)
-    wrapper = ExportWrapper(create_backbone("efficientnet_lite0")).eval()
+    wrapper = ImageEmbedder(create_backbone("efficientnet_lite0")).eval()
     with torch.no_grad():
         ref_e, ref_g = (t.numpy() for t in wrapper(torch.from_numpy(batch)))
     assert np.min(np.sum(embedding * ref_e, axis=1)) >= 0.9999

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import paste_scene
 
-from edge_persrep.eval.metrics import box_iou
 from edge_persrep.runtime import EdgePersrepError, Finder, StoreError, dense, list_images, load_image
+from edge_persrep.runtime.metrics import box_iou
 
 
 @pytest.fixture(scope="module")

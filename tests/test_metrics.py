@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edge_persrep.eval import metrics
+from edge_persrep.runtime import metrics
 
 
 def test_average_precision_by_hand():

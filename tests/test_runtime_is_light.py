@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 HEAVY = ("torch", "timm", "diffusers", "peft", "transformers", "torchvision")
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 pytest.importorskip("torch")
 
 from conftest import box_masks  # noqa: E402
+
 from edge_persrep.runtime import EdgePersrepError, ImageError, list_images  # noqa: E402
 from edge_persrep.server_side import synth  # noqa: E402
 

@@ -31,12 +31,12 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
 def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: int, out: Path) -> dict:
     import torch
 
-    from ..export.onnx_export import ExportWrapper
     from ..pipeline import export_pretrained
     from ..runtime import Finder, list_images, load_image
     from ..runtime.bundle import make_session
     from ..runtime.images import resize_to_input
     from ..server_side.backbones import create_backbone
+    from ..server_side.embedder import ImageEmbedder
 
     if threads:
         torch.set_num_threads(threads)
@@ -51,7 +51,7 @@ def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: in
         size = finder.bundle.input_size
         batch1 = resize_to_input(photos[0], size)[None]
         batch8 = np.repeat(batch1, 8, axis=0)
-        wrapper = ExportWrapper(create_backbone(backbone)).eval()
+        wrapper = ImageEmbedder(create_backbone(backbone)).eval()
 
         def torch_run(batch):
             with torch.inference_mode():
@@ -99,14 +99,14 @@ def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_ini
     """
     import torch
 
+    from ..export.bundle_writer import write_bundle
     from ..export.precision import CheckSet, Gate, gate_verdict, measure
     from ..export.variants import add_variants
-    from ..export.bundle_writer import write_bundle
+    from ..runtime import list_images, load_image
     from ..runtime.bundle import make_session
     from ..runtime.images import resize_to_input
-    from ..export.onnx_export import ExportWrapper
     from ..server_side.backbones import create_backbone
-    from ..runtime import list_images, load_image
+    from ..server_side.embedder import ImageEmbedder
 
     backgrounds = EXAMPLES.parents[1] / "tests" / "data" / "backgrounds"
     negatives = list_images([EXAMPLES / "negatives"])
@@ -129,7 +129,7 @@ def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_ini
             manifest = json.loads((bundle / "bundle.json").read_text())
             files = {"fp32": manifest["files"]["model"]["path"], **{k: v["path"] for k, v in manifest["variants"].items()}}
             x1, x8 = checks.all[:1], np.repeat(checks.all[:1], 8, axis=0)
-            wrapper = ExportWrapper(model).eval()
+            wrapper = ImageEmbedder(model).eval()
             with torch.inference_mode():
                 eager = median_ms(lambda: wrapper(torch.from_numpy(x1)), repeats)
             rows.append({"backbone": name, "variant": "torch eager", "mb": None, "b1_ms": round(eager, 2)})

@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..runtime import Bundle, Finder, PrototypeStore
+from ..runtime import Bundle, Finder, PrototypeStore, metrics
 from ..runtime.errors import EdgePersrepError
 from ..runtime.images import list_images
-from . import metrics
 
 
 @dataclass

@@ -14,14 +14,15 @@ import json
 from pathlib import Path
 
 import torch
+
 from .. import __version__
 from ..server_side.backbones import Backbone
-from .onnx_export import ExportWrapper, l2_normalize
+from ..server_side.embedder import ImageEmbedder, l2_normalize
 from .static_graph import freeze_same_padding
 
 
-class CoreMLWrapper(ExportWrapper):
-    """ExportWrapper's normalisation and outputs for Core ML's float NCHW 0-255 image input."""
+class CoreMLWrapper(ImageEmbedder):
+    """ImageEmbedder's normalisation and outputs for Core ML's float NCHW 0-255 image input."""
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding, grid = self.backbone(image * self.scale - self.offset)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..runtime.errors import EdgePersrepError
 from ..server_side.backbones import Backbone
+from ..server_side.embedder import ImageEmbedder
 from .graph_passes import basic_optimize, fold_pads_into_convs
 from .static_graph import freeze_same_padding
 
@@ -30,28 +31,6 @@ MIN_COSINE = 0.9999
 
 class ExportError(EdgePersrepError):
     """The exported graph does not reproduce the torch model."""
-
-
-def l2_normalize(x: torch.Tensor, dim: int, eps: float = 1e-12) -> torch.Tensor:
-    """x / max(||x||, eps) with plain Mul/ReduceSum/Sqrt/Max/Div ops: F.normalize exports as
-    ReduceL2 + Expand, which the CoreML and NNAPI execution providers do not take."""
-    return x / torch.sqrt((x * x).sum(dim=dim, keepdim=True)).clamp_min(eps)
-
-
-class ExportWrapper(nn.Module):
-    """uint8 NHWC RGB -> (unit embedding, unit patch grid); normalisation lives here, not in the model."""
-
-    def __init__(self, backbone: Backbone):
-        super().__init__()
-        self.backbone = backbone
-        pre = backbone.spec.preprocess
-        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(pre.std).view(1, 3, 1, 1)))
-        self.register_buffer("offset", (torch.tensor(pre.mean) / torch.tensor(pre.std)).view(1, 3, 1, 1))
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = image.permute(0, 3, 1, 2).float() * self.scale - self.offset
-        embedding, grid = self.backbone(x)
-        return l2_normalize(embedding, 1), l2_normalize(grid, -1)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -84,7 +63,7 @@ def export_onnx(backbone: Backbone, path: Path, size: int, check_images: np.ndar
     """Write `path`; return the measured agreement with torch on `check_images` (uint8 [N,S,S,3]) and
     the per-image output shapes ([D], [h, w, C]). Raise ExportError if the minimum cosine of either
     output is below MIN_COSINE."""
-    wrapper = ExportWrapper(freeze_same_padding(backbone, size)).eval()
+    wrapper = ImageEmbedder(freeze_same_padding(backbone, size)).eval()
     raw = path.with_name(path.name + ".raw")
     trace_onnx(wrapper, raw, size)
     finish_graph(raw, path)

@@ -17,7 +17,8 @@ import torch
 
 from ..runtime.errors import EdgePersrepError
 from ..server_side.backbones import create_backbone
-from .onnx_export import ExportWrapper, finish_graph, trace_onnx
+from ..server_side.embedder import ImageEmbedder
+from .onnx_export import finish_graph, trace_onnx
 from .static_graph import freeze_same_padding
 
 LORA_MARK = ".lora_"
@@ -44,7 +45,7 @@ def export_lora_base(backbone_name: str, adapter_dir: Path, path: Path, size: in
         for name, param in backbone.named_parameters():
             if LORA_MARK in name:
                 param.copy_(torch.randn(param.shape, generator=generator))
-    wrapper = ExportWrapper(freeze_same_padding(backbone, size)).eval()
+    wrapper = ImageEmbedder(freeze_same_padding(backbone, size)).eval()
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # ORT warns once per overridable initializer, which is the point here

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..eval.metrics import average_precision
 from ..runtime.bundle import make_session, run_in_chunks
 from ..runtime.errors import EdgePersrepError
+from ..runtime.metrics import average_precision
 from .onnx_export import cosines
 
 

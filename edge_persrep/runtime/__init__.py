@@ -7,7 +7,7 @@
         print(match.name, match.score, match.present, match.box)
 """
 
-from .bundle import Bundle, FeatureLayout, FORMAT_VERSION
+from .bundle import FORMAT_VERSION, Bundle, FeatureLayout
 from .errors import BundleError, EdgePersrepError, ImageError, StoreError
 from .finder import Finder, ImageFeatures, Match, decision_threshold
 from .images import list_images, load_image

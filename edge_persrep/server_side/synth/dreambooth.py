@@ -187,7 +187,7 @@ def fine_tune(sd: StableDiffusion, photos: Sequence[Image.Image], class_images: 
     """
     import torch
 
-    from ..contrastive import Checkpoints
+    from ..checkpoints import Checkpoints
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "dreambooth.json"

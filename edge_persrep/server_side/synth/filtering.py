@@ -36,10 +36,10 @@ class Embedder:
     """The torch backbone behind the same uint8 interface as the exported bundle."""
 
     def __init__(self, backbone, device: str = "cpu"):
-        from ...export.onnx_export import ExportWrapper
+        from ..embedder import ImageEmbedder
 
         self.device = device
-        self.wrapper = ExportWrapper(backbone).to(device).eval()
+        self.wrapper = ImageEmbedder(backbone).to(device).eval()
         self.size = backbone.spec.preprocess.export_size
 
     def __call__(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[ImageFeatures]:

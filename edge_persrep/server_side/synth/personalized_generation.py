@@ -37,6 +37,7 @@ from .prompts import background_prompts, bank, read_prompt_file
 from .sampling import Sampler, SamplingConfig, join_process_group, process_shard, sample_set, wait_for_everyone
 from .sd_models import DEFAULT_SD_MODEL, load_sd, resolve_sd_model
 
+
 @dataclass
 class DiffusionOptions:
     sd_model: str = DEFAULT_SD_MODEL

@@ -1,4 +1,5 @@
-"""The paper's metrics as pure functions (numpy only)."""
+"""The paper's metrics as pure functions (numpy only): the evaluation's, the int8 gate's and the
+benchmarks'. They live in the runtime, the bottom layer, so every layer above may use them."""
 
 from __future__ import annotations
 
