@@ -175,7 +175,10 @@ def available_providers(preferred: tuple[str, ...] = PREFERRED_PROVIDERS) -> lis
 # its int16 pair sums: an int8 Lite0 fell to min cosine 0.978 to fp32 on an AVX2 machine. Precision
 # mode avoids it (0.996, and still faster than fp32 there); it changes nothing on ARM, on VNNI CPUs
 # or for float models. Every int8 variant's manifest entry repeats it for apps in other languages.
-SESSION_CONFIG = {"session.x64quantprecision": "1"}
+# Spinning off: after a run, ORT's idle threads otherwise spin and starve the numpy work that
+# follows (region scoring's matrix product): `find` took 67-81 ms with spinning, 29 ms without
+# (`edge-persrep bench`, Lite0, 2 cores).
+SESSION_CONFIG = {"session.x64quantprecision": "1", "session.intra_op.allow_spinning": "0"}
 
 
 def make_session(model_path: Path, providers: list[str] | None = None, threads: int | None = None):
