@@ -26,18 +26,13 @@ import numpy as np
 from edge_persrep.export.onnx_export import cosines
 from edge_persrep.export.precision import to_int8
 from edge_persrep.pipeline import run_calibration
-from edge_persrep.runtime.bundle import SESSION_CONFIG
+from edge_persrep.runtime.bundle import SESSION_CONFIG, make_session
 
 
 def _session(path: Path, precise: bool):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    if precise:
-        for key, value in SESSION_CONFIG.items():
-            options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """The runtime's session on one thread; `precise=False` drops only the x64 precision mode."""
+    config = {k: v for k, v in SESSION_CONFIG.items() if precise or k != "session.x64quantprecision"}
+    return make_session(path, ["CPUExecutionProvider"], threads=1, config=config)
 
 
 def _outputs(session, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

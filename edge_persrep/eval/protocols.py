@@ -75,15 +75,11 @@ def hard_test_set(subjects: dict[str, Subject], n_refs: int = 3, seed: int = PRO
             fillers = rng.sample(pool, 3) if len(same) >= 3 else same + rng.sample(pool[len(same):], 3 - len(same))
             cells = [s.name] + fillers
             rng.shuffle(cells)
-            collage = Image.new("RGB", (SIDE, SIDE))
             half = SIDE // 2
-            boxes = {}
-            for i, name in enumerate(cells):
-                cx, cy = (i % 2) * half, (i // 2) * half
-                cell = photo if name == s.name else rng.choice(held[name])
-                collage.paste(_square(cell, half), (cx, cy))
-                boxes[name] = (cx, cy, cx + half, cy + half)
-            out.append(TestImage(collage, set(cells), "collage", source, boxes))
+            images = [photo if name == s.name else rng.choice(held[name]) for name in cells]
+            boxes = {name: ((i % 2) * half, (i // 2) * half, (i % 2 + 1) * half, (i // 2 + 1) * half)
+                     for i, name in enumerate(cells)}
+            out.append(TestImage(compose_grid(images, 2, SIDE), set(cells), "collage", source, boxes))
     return out
 
 
@@ -163,7 +159,7 @@ def disjoint_test_set(subjects: dict[str, Subject], split: IdentitySplit, n_refs
             backdrop.paste(_square(photo, side), (px, py))
             out.append(TestImage(backdrop, {name, backdrop_owner}, "small", source, {name: (px, py, px + side, py + side)}))
             for n in (2, 3):
-                pool = same + [o for o in rng.sample(other, len(other))]
+                pool = same + rng.sample(other, len(other))
                 fillers = pool[: n * n - 1]
                 cells = [name] + fillers
                 rng.shuffle(cells)

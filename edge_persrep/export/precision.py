@@ -128,9 +128,10 @@ def measure(reference: Path, candidate: Path, checks: CheckSet) -> dict:
     ap32, apq = _ap(e32, checks), _ap(eq, checks)
     norms = np.concatenate([np.linalg.norm(eq, axis=-1).ravel(), np.linalg.norm(gq, axis=-1).ravel()])
     nonzero = norms[norms > 1e-6]  # a ReLU network may output an all-zero patch, left at zero
+    embedding_cosines = cosines(e32, eq)
     return {"check_images": int(len(images)),
-            "min_cosine_embedding": round(float(cosines(e32, eq).min()), 5),
-            "mean_cosine_embedding": round(float(cosines(e32, eq).mean()), 5),
+            "min_cosine_embedding": round(float(embedding_cosines.min()), 5),
+            "mean_cosine_embedding": round(float(embedding_cosines.mean()), 5),
             "mean_cosine_patch_grid": round(float(cosines(g32, gq).mean()), 5),
             "max_norm_error": round(float(np.abs(nonzero - 1).max(initial=0.0)), 6),
             "ap_fp32": None if ap32 is None else round(ap32, 4),

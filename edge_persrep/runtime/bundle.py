@@ -181,7 +181,8 @@ def available_providers(preferred: tuple[str, ...] = PREFERRED_PROVIDERS) -> lis
 SESSION_CONFIG = {"session.x64quantprecision": "1", "session.intra_op.allow_spinning": "0"}
 
 
-def make_session(model_path: Path, providers: list[str] | None = None, threads: int | None = None):
+def make_session(model_path: Path, providers: list[str] | None = None, threads: int | None = None,
+                 config: dict[str, str] = SESSION_CONFIG):
     # onnxruntime >= 1.2x writes a device id and an event database under ~/.cache/Microsoft unless
     # told not to (found by tests/test_reliability.py); photos of people's homes deserve no telemetry.
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -191,7 +192,7 @@ def make_session(model_path: Path, providers: list[str] | None = None, threads: 
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    for key, value in SESSION_CONFIG.items():
+    for key, value in config.items():
         options.add_session_config_entry(key, value)
     if threads:
         options.intra_op_num_threads = threads

@@ -240,6 +240,11 @@ def pooled_windows(grid: np.ndarray, sizes: list[tuple[int, int]]) -> tuple[np.n
     return l2_normalize(membership @ np.asarray(grid, dtype=np.float32).reshape(h * w, c)), boxes
 
 
+def region_windows(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The windows region scoring compares: every REGION_FRACTIONS size on this grid, pooled."""
+    return pooled_windows(grid, window_sizes(grid.shape[:2]))
+
+
 def cells_to_pixels(box: np.ndarray | tuple, grid_hw: tuple[int, int], width: int, height: int) -> tuple[int, int, int, int]:
     """A box in grid cells [x0, y0, x1, y1) -> the same region in photo pixels."""
     h, w = grid_hw

@@ -15,6 +15,7 @@ calibrated at enrolment on the same kind of scores: the references (each against
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,7 @@ def embed_images(images: Iterable[Image.Image | str | os.PathLike], size: int,
     images = list(images)
     out: list[ImageFeatures] = []
     for start in range(0, len(images), batch_size):
-        chunk = [im if isinstance(im, Image.Image) else load_image(im) for im in images[start:start + batch_size]]
+        chunk = _as_images(images[start:start + batch_size])
         embeddings, grids = run(np.stack([resize_to_input(im, size) for im in chunk]))
         out += [ImageFeatures(e, g, im.width, im.height) for e, g, im in zip(embeddings, grids, chunk)]
     return out
@@ -163,7 +164,7 @@ class Finder:
         chosen = self._objects(names)
         embeddings, object_features, offsets, objects = self._reference_matrix()
         global_best = np.maximum.reduceat(embeddings @ features.embedding, offsets)
-        windows, cells = dense.pooled_windows(features.grid, dense.window_sizes(features.grid.shape[:2]))
+        windows, cells = dense.region_windows(features.grid)
         window_sims = windows @ object_features.T  # [windows, sum K]
         best_per_reference, best_window = window_sims.max(axis=0), window_sims.argmax(axis=0)
         bounds = list(offsets) + [len(best_per_reference)]
@@ -245,17 +246,17 @@ class Finder:
         """Scores of the object (each reference, alone and in 2x2/3x3 scenes among negatives, against
         the other references) and of other things (the negatives, and scenes made only of them).
         Scenes are for region scoring only; "global" calibrates as the paper's score always did."""
+        use_scenes = bool(negative_images) and scoring == "region"  # "global": calibrated as before regions
         positives: list[float] = []
         if len(images) > 1:
             for i, (image, f) in enumerate(zip(images, feats)):
                 rest = np.arange(len(images)) != i
-                use_scenes = negative_images and scoring == "region"
                 scenes = [scene_with(image, negative_images, n, offset=i) for n in SCENE_GRIDS] if use_scenes else []
                 for g in [f] + self.embed(scenes):
                     positives.append(object_score(g, embeddings[rest], box_features[rest], scoring))
+        rotations = ((n, k) for n in SCENE_GRIDS for k in range(0, len(negative_images), n * n))
         negative_scenes = [compose_grid(negative_images[k:] + negative_images[:k], n, SCENE_SIDE)
-                           for n in SCENE_GRIDS for k in range(0, len(negative_images), n * n)][:8]
-        negative_scenes = negative_scenes if scoring == "region" else []  # "global": calibrated as before regions
+                           for n, k in itertools.islice(rotations, 8)] if use_scenes else []
         negative_feats = negative_feats + self.embed(negative_scenes)
         negatives = [object_score(g, embeddings, box_features, scoring) for g in negative_feats]
         return positives, negatives
@@ -283,7 +284,7 @@ def combined_score(global_score: float, region_score: float, scoring: str = "reg
 def object_score(features: ImageFeatures, embeddings: np.ndarray, box_features: np.ndarray,
                  scoring: str = "region") -> float:
     """One photo's score for one object from its references' arrays, as `classify` computes it."""
-    windows, _ = dense.pooled_windows(features.grid, dense.window_sizes(features.grid.shape[:2]))
+    windows, _ = dense.region_windows(features.grid)
     return combined_score(float((embeddings @ features.embedding).max()), float((windows @ box_features.T).max()),
                           scoring)
 
