@@ -32,7 +32,8 @@ THRESHOLDS = (0.4, 0.5, 0.55, 0.6, 0.7)
 
 def main(argv=None) -> int:
     from edge_persrep.server_side.backbones import create_backbone
-    from edge_persrep.server_side.synth.filtering import Embedder, filter_generated, score_key
+    from edge_persrep.server_side.embedder import Embedder
+    from edge_persrep.server_side.synth.filtering import filter_generated, score_key
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)

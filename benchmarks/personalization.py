@@ -46,7 +46,7 @@ from edge_persrep.eval.protocols import (
     identity_split,
     lookalike_targets,
 )
-from edge_persrep.pipeline import export_pretrained, personalize
+from edge_persrep.pipeline import enrolment_negatives, export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
 from edge_persrep.runtime.images import load_image
 from edge_persrep.runtime.metrics import average_precision, box_iou, point_in_box
@@ -65,13 +65,15 @@ def present_metrics(present: list[bool], labels: list[bool]) -> tuple[float, flo
     return (tpr + tnr) / 2, f1
 
 
-def evaluate(bundle_dir: Path, target: str, subjects, split, test, seen_negatives: list[Path]) -> dict:
+def evaluate(bundle_dir: Path, target: str, subjects, split, test, calibration_negatives: list[Path]) -> dict:
+    """`calibration_negatives`: what enrolment calibrates on (the pretrained model: every seen
+    negative, as a user would; a personalized run: the seen identities it held out of training)."""
     bundle = Bundle.load(bundle_dir)
     finder = Finder(bundle, PrototypeStore(bundle.model_sha256, bundle.layout.embedding_dim, bundle.layout.grid_dim))
     s = subjects[target]
-    finder.store.add(finder.make_prototype(target, s.photos[:3], s.category, negatives=seen_negatives))
+    finder.store.add(finder.make_prototype(target, s.photos[:3], s.category, negatives=calibration_negatives))
     proto = finder.store.objects[target]
-    paper = finder.make_prototype(target, s.photos[:3], s.category, negatives=seen_negatives, scoring="global")
+    paper = finder.make_prototype(target, s.photos[:3], s.category, negatives=calibration_negatives, scoring="global")
     feats = finder.embed([t.image for t in test])
     matches = [finder.classify(f)[0] for f in feats]
     labels = [target in t.subjects for t in test]
@@ -181,7 +183,9 @@ def main(argv=None) -> int:
             bundle = personalize(s.photos[:3], target, s.category, args.out / "runs" / f"{target}-seed{seed}",
                                  negatives=[negatives], preset=args.preset, steps=args.steps, seed=seed, device="cpu")
             row["personalize_seconds"][str(seed)] = round(time.time() - started, 1)
-            row["personalized"][str(seed)] = evaluate(bundle, target, subjects, split, test, seen_negatives)
+            run_dir = bundle.parent
+            row["personalized"][str(seed)] = evaluate(bundle, target, subjects, split, test, enrolment_negatives(run_dir))
+            row.setdefault("calibration", json.loads((run_dir / "run.json").read_text())["calibration"])
         if seeds:
             row["personalized_mean"] = {k: float(np.mean([row["personalized"][str(sd)][k] for sd in seeds]))
                                         for k in METRICS}

@@ -2,7 +2,8 @@
 
 A run directory records how it was made and lets a rerun resume:
     run.json        what was asked (name, category, backbone, synth, preset, seed) + versions + timings
-    photos/         the reference photos (copies, downscaled) and negatives/ the negatives
+    photos/         the reference photos (copies, downscaled); negatives/ the training negatives and
+                    calibration/ the ones held out of training to calibrate `present` (server_side.negatives)
     synth/          the generator's positives and manifest (resumes image by image)
     train/          adapter/ (peft LoRA, safetensors), loss.json, summary.json (skipped if present)
     bundle/         the exported bundle with NAME enrolled
@@ -10,6 +11,7 @@ A run directory records how it was made and lets a rerun resume:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -25,8 +27,9 @@ from .runtime.files import atomic_write_json, sha256_file
 from .runtime.finder import Finder, stored_photos
 from .runtime.images import list_images, load_image, refuse_duplicates
 from .server_side import synth
-from .server_side.backbones import create_backbone, get_spec
+from .server_side.backbones import BackboneSource, create_backbone, get_spec
 from .server_side.contrastive import get_preset, load_adapter, train
+from .server_side.negatives import generated_holdout, identity_of, split_for_calibration
 
 COPY_SIDE = 768  # photos copied into the run directory are downscaled to this long side
 
@@ -66,10 +69,10 @@ def _copy_photos(paths: Sequence[Path], out: Path) -> list[Path]:
     return copies
 
 
-RESUME_KEYS = ("name", "backbone", "synth", "preset", "seed", "photo_sha256", "negatives", "train_config",
-               "diffusion", "synth_data")
+RESUME_KEYS = ("name", "backbone", "weights_sha256", "synth", "preset", "seed", "photo_sha256", "negatives",
+               "train_config", "diffusion", "synth_data")
 DIFFUSION_POSITIVES = 450  # paper: ~450 generated positives per object, whatever the training preset
-ENROLL_GENERATED_NEGATIVES = 32  # generated negatives that also calibrate the enrolled object's threshold
+ENROLL_GENERATED_NEGATIVES = 32  # at most this many generated negatives are held out of training to calibrate
 
 
 def _refuse_other_settings(out: Path, record: dict, force: bool) -> None:
@@ -84,7 +87,7 @@ def _refuse_other_settings(out: Path, record: dict, force: bool) -> None:
     if not force:
         raise EdgePersrepError(f"{out}: this run was made with other settings ({', '.join(changed)}); resuming it "
                                "would mix them. Use a new --out, or --force to start this run over")
-    for stage in ("photos", "masks", "negatives", "synth", "train", "bundle"):
+    for stage in ("photos", "masks", "negatives", "calibration", "synth", "train", "bundle"):
         shutil.rmtree(out / stage, ignore_errors=True)
 
 
@@ -107,13 +110,48 @@ def _diffusion_record(options) -> dict:
     return record
 
 
-def gather_negatives(negative_dirs: Sequence[Path], other_bundle: Path | None) -> list[Image.Image]:
-    """Negatives: the photos in --negatives folders and the objects enrolled in another bundle."""
-    images = [load_image(p) for d in negative_dirs for p in list_images([d])]
+def gather_negatives(negative_dirs: Sequence[Path], other_bundle: Path | None) -> tuple[list[str], list[Image.Image]]:
+    """Negatives and their identities (negatives.identity_of): the photos in --negatives folders
+    and the objects enrolled in another bundle (each object one identity)."""
+    paths = [p for d in negative_dirs for p in list_images([d])]
+    identities, images = [identity_of(p.name) for p in paths], [load_image(p) for p in paths]
     if other_bundle is not None:
         for prototype in Finder.open(other_bundle).store.objects.values():
-            images += stored_photos(prototype)
-    return images
+            photos = stored_photos(prototype)
+            identities += [f"enrolled:{prototype.name}"] * len(photos)
+            images += photos
+    return identities, images
+
+
+def _content_sha256(images: Sequence[Image.Image]) -> str:
+    """One digest of the images' pixels, in order: a rerun resumes only on the same negatives."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(f"{image.size}".encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def _hardness(model, reference: Sequence[Path], negatives: Sequence[Image.Image], device: str) -> list[float]:
+    """Each negative's highest cosine to the reference photos under `model` (the pretrained one)."""
+    import numpy as np
+
+    from .server_side.embedder import Embedder
+
+    embed = Embedder(model, device)
+    refs = np.stack([f.embedding for f in embed([load_image(p) for p in reference])])
+    return [float((refs @ f.embedding).max()) for f in embed(negatives)]
+
+
+def _save_negatives(images: Sequence[Image.Image], indices: Sequence[int], folder: Path) -> list[Path]:
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in indices:
+        target = folder / f"{i:04d}.jpg"
+        if not target.exists():
+            _save_copy(images[i], target)
+        paths.append(target)
+    return paths
 
 
 def personalize(photos: Sequence[str | Path], name: str, category: str, out: Path, backbone: str = "efficientnet_lite0",
@@ -169,23 +207,24 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
 
     timings: dict[str, float] = {}
     started = time.time()
-    negative_images = gather_negatives([Path(d) for d in negatives], others)
-    record = {"name": name, "category": category, "backbone": backbone, "synth": synth_method, "preset": preset,
+    identities, negative_images = gather_negatives([Path(d) for d in negatives], others)
+    source = BackboneSource.given(backbone, weights)
+    record = {"name": name, "category": category, "backbone": backbone, "weights_file": source.weights_file,
+              "weights_sha256": source.weights_sha256, "synth": synth_method, "preset": preset,
               "seed": seed, "device": device, "photos": [_copy_name(i, p) for i, p in enumerate(photo_paths)],
-              "photo_sha256": [sha256_file(p) for p in photo_paths], "negatives": len(negative_images),
+              "photo_sha256": [sha256_file(p) for p in photo_paths],
+              "negatives": {"count": len(negative_images), "sha256": _content_sha256(negative_images)},
               "train_config": asdict(config), "versions": versions(), "timings": timings,
               "diffusion": _diffusion_record(diffusion) if uses_diffusion else None,
               "synth_data": str(synth_data) if synth_data is not None else None}
     _refuse_other_settings(out, record, force)  # before anything in the run is reused or overwritten
     reference = _copy_photos(photo_paths, out / "photos")
     mask_paths = _copy_masks(mask_arrays, reference, out / "masks") if mask_arrays else None
-    negative_paths = []
-    (out / "negatives").mkdir(exist_ok=True)
-    for i, image in enumerate(negative_images):
-        target = out / "negatives" / f"{i:04d}.jpg"
-        if not target.exists():
-            _save_copy(image, target)
-        negative_paths.append(target)
+    model = source.build()
+    split = split_for_calibration(identities, _hardness(model, reference, negative_images, device))
+    record["calibration"] = split.record(identities)
+    negative_paths = _save_negatives(negative_images, split.train, out / "negatives")
+    calibration_paths = _save_negatives(negative_images, split.calibration, out / "calibration")
     atomic_write_json(run_json, record)
     timings["prepare_s"] = round(time.time() - started, 1)
 
@@ -198,19 +237,19 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
                                      backgrounds=list_images([backgrounds]) if backgrounds else negative_paths)
         result = synth.generate(synth_method, request)
     positives = result.positives
-    enroll_negatives = negative_paths + result.negatives[:ENROLL_GENERATED_NEGATIVES]
-    negative_paths = negative_paths + result.negatives
+    train_negatives, enroll_negatives = _training_and_calibration(negative_paths, calibration_paths, result.negatives)
+    record["calibration"].update(enrolment_negatives=len(enroll_negatives),
+                                 on_training_negatives=enroll_negatives == train_negatives)
     timings["synth_s"] = round(time.time() - started, 1)
 
     started = time.time()
-    model = create_backbone(backbone, pretrained=True, weights=weights)
     train_dir = out / "train"
     if (train_dir / "summary.json").is_file() and (train_dir / "adapter" / "adapter_config.json").is_file():
         summary = json.loads((train_dir / "summary.json").read_text())
         load_adapter(model, train_dir / "adapter")
     else:
         anchors = [load_image(p) for p in reference]
-        summary = train(model, anchors, positives, negative_paths, config, train_dir, device=device)
+        summary = train(model, anchors, positives, train_negatives, config, train_dir, device=device)
     timings["train_s"] = round(time.time() - started, 1)
 
     started = time.time()
@@ -219,6 +258,24 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     timings["export_enroll_s"] = round(time.time() - started, 1)
     atomic_write_json(run_json, record)
     return bundle_dir
+
+
+def _training_and_calibration(negatives: list[Path], calibration: list[Path],
+                              generated: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """Training negatives (the user's kept ones + generated ones) and enrolment calibration negatives
+    (the user's held-out ones + a few held-out generated ones). With nothing held out (too few
+    negatives) enrolment calibrates on the training negatives, as the run's record says."""
+    kept, held = generated_holdout(len(generated), ENROLL_GENERATED_NEGATIVES)
+    train_negatives = negatives + [generated[i] for i in kept]
+    enroll_negatives = calibration + [generated[i] for i in held]
+    return train_negatives, enroll_negatives or train_negatives
+
+
+def enrolment_negatives(run_dir: Path) -> list[Path]:
+    """The negatives a finished run calibrates its object's threshold on (as `personalize` did)."""
+    return _training_and_calibration(sorted((run_dir / "negatives").glob("*.jpg")),
+                                     sorted((run_dir / "calibration").glob("*.jpg")),
+                                     sorted((run_dir / "synth" / "negatives").glob("*.jpg")))[1]
 
 
 def export_bundle(model, out: Path, reference: Sequence[Path], training: dict | None, name: str | None = None,
@@ -242,12 +299,14 @@ def _as_inputs(paths: Sequence[Path], size: int):
 
 
 def run_calibration(run_dir: Path, size: int):
-    """Calibration and gate images from a run, disjoint: even-indexed synthetic positives and
-    negatives calibrate; the reference photos, odd-indexed positives and negatives check."""
+    """int8 calibration and gate images from a run, disjoint: even-indexed synthetic positives and
+    negatives (the user's, held out or not, in their given order, then generated) calibrate; the
+    reference photos, odd-indexed positives and negatives check."""
     from .export.precision import CheckSet
 
     positives = sorted((run_dir / "synth" / "positives").glob("*.jpg"))
-    negatives = sorted((run_dir / "negatives").glob("*.jpg")) + sorted((run_dir / "synth" / "negatives").glob("*.jpg"))
+    user_negatives = [*(run_dir / "negatives").glob("*.jpg"), *(run_dir / "calibration").glob("*.jpg")]
+    negatives = sorted(user_negatives, key=lambda p: p.name) + sorted((run_dir / "synth" / "negatives").glob("*.jpg"))
     calibration = _as_inputs(positives[0::2][:64] + negatives[0::2][:32], size)
     checks = CheckSet(_as_inputs(sorted((run_dir / "photos").glob("*.jpg")), size),
                       _as_inputs(positives[1::2][:32], size), _as_inputs(negatives[1::2][:32], size))
@@ -273,14 +332,13 @@ def export_run(run_dir: Path, out: Path, force: bool = False, formats: Sequence[
     if not run_json.is_file():
         raise EdgePersrepError(f"{run_dir}: not a run directory (no run.json); pass the --out of `personalize`")
     record = json.loads(run_json.read_text())
-    model = create_backbone(record["backbone"], pretrained=True)
+    model = BackboneSource.of_run(record).build()
     load_adapter(model, run_dir / "train" / "adapter")
     summary_path = run_dir / "train" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     prepare_output_dir(out, force)
     reference = sorted((run_dir / "photos").glob("*.jpg"))
-    generated = sorted((run_dir / "synth" / "negatives").glob("*.jpg"))[:ENROLL_GENERATED_NEGATIVES]
-    negatives = sorted((run_dir / "negatives").glob("*.jpg")) + generated
+    negatives = enrolment_negatives(run_dir)
     masks = synth.match_masks(reference, run_dir / "masks") if (run_dir / "masks").is_dir() else None
     export_bundle(model, out, reference, summary, record["name"], record.get("category", ""), negatives,
                   force=force, masks=masks)

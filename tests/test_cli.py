@@ -169,3 +169,45 @@ def test_rerun_with_other_settings_is_refused_not_mixed(personalized_run, exampl
             "dog", "--out", run, "--negatives", examples / "negatives", "--steps", "5", "--seed", "1", "--force")
     assert json.loads((run / "train" / "summary.json").read_text())["steps"] == 5  # started over
     assert sorted(p.name for p in (run / "photos").iterdir()) == ["000_00.jpg", "001_01.jpg"]
+
+
+def test_run_on_local_weights_is_re_exported_on_them_and_refuses_others(examples, tmp_path):
+    """run.json records --weights (path + sha256); `export RUN` rebuilds the backbone from that file,
+    not from the packaged weights, and refuses a file whose contents changed."""
+    import torch
+    from safetensors.torch import save_file
+
+    from edge_persrep.server_side.backbones import create_backbone
+
+    model = create_backbone("efficientnet_lite0").model
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["conv_head.weight"] = state["conv_head.weight"] * 1.25  # other weights than the package's
+    weights = tmp_path / "mine.safetensors"
+    save_file(state, str(weights))
+    run = tmp_path / "run"
+    run_cli("personalize", examples / "dog", "--name", "d", "--category", "dog", "--out", run, "--weights", weights,
+            "--negatives", examples / "negatives", "--steps", "2")
+    record = json.loads((run / "run.json").read_text())
+    assert record["weights_file"] == str(weights.resolve()) and len(record["weights_sha256"]) == 64
+    run_cli("export", run, "--out", tmp_path / "again")
+    model_sha = lambda b: json.loads((b / "bundle.json").read_text())["files"]["model"]["sha256"]  # noqa: E731
+    assert model_sha(tmp_path / "again") == model_sha(run / "bundle")  # same base weights + same LoRA
+    state["conv_head.weight"] = state["conv_head.weight"] * torch.tensor(0.5)
+    save_file(state, str(weights))
+    out = run_cli("export", run, "--out", tmp_path / "other", check=False)
+    assert out.returncode == 2 and str(weights.resolve()) in out.stderr and "not the weights" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "other").exists()
+
+
+def test_rerun_with_other_negatives_of_the_same_count_is_refused(personalized_run, examples, tmp_path):
+    import shutil
+
+    negatives = tmp_path / "negatives"
+    shutil.copytree(examples / "negatives", negatives)
+    first = sorted(negatives.iterdir())[0]
+    first.write_bytes((examples / "heldout_others" / "dog7_00.jpg").read_bytes())  # same count, other photo
+    run = tmp_path / "run"
+    shutil.copytree(personalized_run, run)
+    out = run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
+                  "--negatives", negatives, "--steps", "4", "--seed", "1", check=False)
+    assert out.returncode == 2 and "other settings (negatives)" in out.stderr

@@ -234,7 +234,8 @@ def test_sd_folder_checks_name_what_is_missing(tiny_sd, tmp_path, monkeypatch):
 
 def test_filter_keeps_the_same_object_and_drops_look_alikes(examples):
     from edge_persrep.server_side.backbones import create_backbone
-    from edge_persrep.server_side.synth.filtering import Embedder, default_threshold, filter_generated, score_key
+    from edge_persrep.server_side.embedder import Embedder
+    from edge_persrep.server_side.synth.filtering import default_threshold, filter_generated, score_key
 
     same = list_images([examples / "dog_heldout"])
     others = list_images([examples / "negatives", examples / "heldout_others"])
@@ -301,7 +302,9 @@ def test_dreambooth_personalize_end_to_end(tiny_sd, examples, tmp_path):
         assert len(manifest["images"]) == count and all("generator_seed" in e for e in manifest["images"])
     assert "sks dog" in json.loads((run / "synth" / "positives.json").read_text())["images"][0]["prompt"]
     training = json.loads((run / "train" / "summary.json").read_text())
-    assert training["positives"] == 12 and training["negatives"] == 6  # generated negatives used
+    assert training["positives"] == 12 and training["negatives"] == 4  # 6 generated: 2 held out to calibrate
+    calibration = json.loads((run / "run.json").read_text())["calibration"]
+    assert calibration["unit"] == "none" and calibration["enrolment_negatives"] == 2  # no user negatives
     record = json.loads((run / "run.json").read_text())
     assert record["diffusion"]["dreambooth"]["steps"] == 4 and record["synth"] == "combined"
     found = run_cli("find", run / "bundle", examples / "dog_heldout", "--json")

@@ -1,4 +1,5 @@
-"""The paper's metrics against hand-computed values (and scikit-learn where it applies)."""
+"""The paper's metrics against hand-computed values, scikit-learn (AP, F1, ties included) and
+pycocotools (COCO mAP)."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,10 @@ def test_average_precision_by_hand():
     # ranking: P N P N -> precisions at hits 1/1 and 2/3 -> AP = (1 + 2/3) / 2
     assert metrics.average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(5 / 6)
     assert metrics.average_precision([0.1, 0.9], [1, 0]) == pytest.approx(0.5)
-    assert metrics.average_precision([0.5, 0.5], [1, 0]) == pytest.approx(0.5)  # ties never flatter
+    assert metrics.average_precision([0.5, 0.5], [1, 0]) == pytest.approx(0.5)
+    # tied scores are one threshold (P 2/3 at R 1), not an order: N P P would give (1/2 + 2/3) / 2
+    assert metrics.average_precision([0.5, 0.5, 0.5], [1, 1, 0]) == pytest.approx(2 / 3)
+    assert metrics.average_precision([0.3] * 10, [1, 1, 1] + [0] * 7) == pytest.approx(0.3)  # constant: the share
     with pytest.raises(ValueError):
         metrics.average_precision([0.1], [0])
 
@@ -23,6 +27,48 @@ def test_average_precision_matches_sklearn():
         labels = rng.random(40) < 0.3
         labels[0] = True
         assert metrics.average_precision(scores, labels) == pytest.approx(sklearn.average_precision_score(labels, scores))
+        tied = np.round(scores, 1)  # about 10 distinct scores for 40 images: many ties
+        assert metrics.average_precision(tied, labels) == pytest.approx(sklearn.average_precision_score(labels, tied))
+        p, r, _ = sklearn.precision_recall_curve(labels, tied)
+        f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0)
+        assert metrics.best_f1(tied, labels) == pytest.approx(f1.max())
+
+
+def test_coco_map_matches_pycocotools():
+    """Boxes and one detection per image (the paper's protocol), images without the object included:
+    our mAP and mAP50 equal COCOeval's on random cases."""
+    pytest.importorskip("pycocotools")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(3)
+    for trial in range(5):
+        n = 30
+        gt, dets = {}, []
+        for i in range(n):
+            x, y, w, h = rng.uniform(0, 200, 2).tolist() + rng.uniform(20, 80, 2).tolist()
+            if rng.random() < 0.6:
+                gt[i] = (x, y, x + w, y + h)
+            jitter = rng.normal(0, rng.choice([2, 10, 30]), 4)
+            box = (x + jitter[0], y + jitter[1], x + w + jitter[2], y + h + jitter[3])
+            if box[2] > box[0] + 1 and box[3] > box[1] + 1 and rng.random() < 0.9:
+                dets.append((i, float(rng.random()), box))
+        ours = metrics.coco_map(dets, gt)
+        coco = COCO()
+        coco.dataset = {"images": [{"id": i, "width": 400, "height": 400} for i in range(n)],
+                        "categories": [{"id": 1, "name": "object"}],
+                        "annotations": [{"id": k + 1, "image_id": i, "category_id": 1, "iscrowd": 0,
+                                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                                         "area": (b[2] - b[0]) * (b[3] - b[1])} for k, (i, b) in enumerate(gt.items())]}
+        coco.createIndex()
+        results = coco.loadRes([{"image_id": i, "category_id": 1, "score": sc,
+                                 "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]} for i, sc, b in dets])
+        evaluator = COCOeval(coco, results, "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        assert ours["map"] == pytest.approx(evaluator.stats[0], abs=1e-6), trial
+        assert ours["map50"] == pytest.approx(evaluator.stats[1], abs=1e-6), trial
 
 
 def test_retrieval_metrics_by_hand():

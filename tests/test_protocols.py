@@ -12,6 +12,7 @@ CATEGORY = {"a": "dog", "b": "dog", "c": "dog", "d": "dog", "e": "mug", "f": "mu
 
 
 def _dataset(root):
+    root.mkdir(parents=True, exist_ok=True)
     lines = ["subject_name,class"]
     for name, colour in COLOURS.items():
         (root / name).mkdir()
@@ -48,3 +49,44 @@ def test_collage_fillers_are_look_alikes_when_there_are_enough(tmp_path):
     for t in hard_test_set(subjects):
         if t.kind == "collage" and CATEGORY[t.source[0]] == "dog":
             assert {CATEGORY[n] for n in t.subjects} == {"dog"}  # 4 dogs: the subject and 3 look-alikes
+
+
+def test_eval_runner_dreambooth_layout_is_identity_disjoint(tmp_path):
+    """`edge-persrep eval --layout dreambooth`: an object trains against its seen subjects only, and
+    its test images and gallery never show one of them (the leak the old runner had)."""
+    from edge_persrep.eval.runner import _negatives_dir, load_dreambooth_hard
+
+    _dataset(tmp_path / "data")
+    evalset = load_dreambooth_hard(tmp_path / "data", tmp_path / "work")
+    for obj in evalset.objects:
+        seen = {o.name for o in evalset.negatives_for(obj)}
+        shown = evalset.shown_to(obj)
+        assert obj.name in shown and not seen & shown and seen | shown == set(COLOURS)
+        assert {CATEGORY[n] for n in seen} >= {CATEGORY[obj.name]} or CATEGORY[obj.name] == "mug"
+        files = sorted(p.name for p in _negatives_dir(evalset, obj, tmp_path / "work").iterdir())
+        assert files and {f.rsplit("_", 1)[0] for f in files} == seen
+        visible = [t for t in evalset.tests if set(t.instances) <= shown]
+        assert any(obj.name in t.instances for t in visible)
+
+
+def test_disjoint_test_set_shows_only_unseen_subjects_and_labels_match_pixels(tmp_path):
+    from edge_persrep.eval.protocols import SCENE_KINDS, disjoint_test_set, identity_split, lookalike_targets
+
+    subjects = _dataset(tmp_path)
+    assert lookalike_targets(subjects) == list(COLOURS)  # every subject has a same-category look-alike
+    split = identity_split(subjects, "a")
+    assert split == identity_split(subjects, "a")  # fixed seed
+    assert len([n for n in split.seen if CATEGORY[n] == "dog"]) == 1  # 3 other dogs: 1 seen, 2 unseen
+    assert not set(split.seen) & set(split.unseen) and set(split.seen) | set(split.unseen) == set(COLOURS) - {"a"}
+    mug = identity_split(subjects, "e")
+    assert mug.seen == () or "f" not in mug.seen and mug.note  # the only other mug is a test distractor
+    test = disjoint_test_set(subjects, split)
+    assert {t.kind for t in test} == set(SCENE_KINDS)
+    for t in test:
+        shown, reference_pixels = _owners(t.image)
+        assert not reference_pixels and shown == t.subjects, (t.kind, t.source, shown, t.subjects)
+        assert not shown & set(split.seen)
+        x0, y0, x1, y1 = t.boxes[t.source.split("/")[0]]
+        region = np.asarray(t.image)[y0:y1, x0:x1].reshape(-1, 3)
+        share = (region == COLOURS[t.source.split("/")[0]]).all(axis=1).mean()
+        assert share > (0.55 if t.kind == "occlude" else 0.9), (t.kind, share)  # the box is where it is

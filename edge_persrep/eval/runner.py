@@ -49,6 +49,20 @@ class EvalSet:
     layout: str
     objects: list[EvalObject]
     tests: list[TestItem]
+    # identity-disjoint protocol (DreamBooth): per object, the subjects training may see as negatives;
+    # its test images and retrieval gallery then show only the others (protocols.identity_split)
+    seen: dict[str, tuple[str, ...]] | None = None
+
+    def negatives_for(self, obj: EvalObject) -> list[EvalObject]:
+        if self.seen is None:
+            return [o for o in self.objects if o.name != obj.name]
+        return [o for o in self.objects if o.name in self.seen[obj.name]]
+
+    def shown_to(self, obj: EvalObject) -> set[str] | None:
+        """The subjects object `obj`'s test and gallery may show (None: all of them)."""
+        if self.seen is None:
+            return None
+        return {o.name for o in self.objects if o.name not in self.seen[obj.name]}
 
 
 def load_pods(root: Path) -> EvalSet:
@@ -70,10 +84,12 @@ def load_pods(root: Path) -> EvalSet:
     return EvalSet("pods", objects, tests)
 
 
-def load_dreambooth_hard(root: Path, work: Path, subjects: list[str] | None = None) -> EvalSet:
-    """The DreamBooth photos under the hard protocol (eval/protocols.py), written to `work`."""
+def load_dreambooth_hard(root: Path, work: Path) -> EvalSet:
+    """The DreamBooth photos under the hard protocol (eval/protocols.py), written to `work`, made
+    identity-disjoint: each object trains against its seen subjects only,
+    and is tested and retrieved only among the others."""
     from .datasets import load_dreambooth
-    from .protocols import hard_test_set
+    from .protocols import hard_test_set, identity_split
 
     all_subjects = load_dreambooth(root)
     test_dir = work / "testset"
@@ -86,21 +102,23 @@ def load_dreambooth_hard(root: Path, work: Path, subjects: list[str] | None = No
         main = t.source.split("/")[0]
         tests.append(TestItem(path, t.kind, main, {n: {"box": list(t.boxes[n]) if n in t.boxes else None, "mask": None}
                                                    for n in t.subjects}))
-    chosen = subjects or list(all_subjects)
-    objects = [EvalObject(n, all_subjects[n].category, all_subjects[n].photos[:3]) for n in chosen]
-    return EvalSet("dreambooth", objects, tests)
+    objects = [EvalObject(n, s.category, s.photos[:3]) for n, s in all_subjects.items()]
+    seen = {n: identity_split(all_subjects, n).seen for n in all_subjects}
+    return EvalSet("dreambooth", objects, tests, seen)
 
 
 def _negatives_dir(evalset: EvalSet, obj: EvalObject, work: Path) -> Path:
-    """Training negatives: the other objects' training photos, same category first (all of them),
-    plus one photo of every other object."""
+    """Training negatives (EvalSet.negatives_for): their training photos, all of a same-category
+    object's, one of any other's; named NAME_photo so `personalize` knows their identities."""
     folder = work / "negatives" / obj.name
     if not folder.is_dir():
-        folder.mkdir(parents=True)
-        for other in evalset.objects:
-            if other.name != obj.name:
-                for p in (other.train if other.category == obj.category else other.train[:1]):
-                    shutil.copy(p, folder / f"{other.name}_{p.name}")
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for other in evalset.negatives_for(obj):
+            for p in (other.train if other.category == obj.category else other.train[:1]):
+                shutil.copy(p, tmp / f"{other.name}_{p.name}")
+        tmp.rename(folder)
     return folder
 
 
@@ -116,8 +134,13 @@ def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gall
     store.add(finder.make_prototype(obj.name, obj.train, obj.category, masks=_masks(obj)))
     proto = store.objects[obj.name]
     results = {}
+    shown = evalset.shown_to(obj)
+    if shown is not None:  # identity-disjoint: no image or gallery photo of a subject training saw
+        keep = np.isin(gallery_owner, sorted(shown))
+        gallery, gallery_owner = gallery[keep], gallery_owner[keep]
     for split in sorted({t.split for t in evalset.tests}):
-        idx = [i for i, t in enumerate(evalset.tests) if t.split == split]
+        idx = [i for i, t in enumerate(evalset.tests)
+               if t.split == split and (shown is None or set(t.instances) <= shown)]
         labels = [obj.name in evalset.tests[i].instances for i in idx]
         if not any(labels):
             continue
@@ -161,9 +184,10 @@ def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gall
 
 def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, steps: int | None = None,
              preset: str = "quick", seed: int = 0, only: list[str] | None = None, diffusion=None) -> dict:
-    """`only`: evaluate these objects (all by default); every object stays in the gallery and
-    among the negatives. `diffusion` (DiffusionOptions) configures the Stable Diffusion methods,
-    which run on the GPU when there is one (the others on the CPU, for reproducible figures)."""
+    """`only`: evaluate these objects (all by default); the others stay in the gallery and among the
+    negatives (identity-disjoint sets: as EvalSet.seen allows). `diffusion` (DiffusionOptions)
+    configures the Stable Diffusion methods, which run on the GPU when there is one (the others on
+    the CPU, for reproducible figures)."""
     from ..pipeline import export_pretrained, personalize
     from ..server_side.synth import DIFFUSION_METHODS, METHODS_NEEDING_MASKS
 

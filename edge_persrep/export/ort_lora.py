@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..runtime.errors import EdgePersrepError
-from ..server_side.backbones import create_backbone
+from ..server_side.backbones import BackboneSource
 from ..server_side.embedder import ImageEmbedder
 from .onnx_export import finish_graph, trace_onnx
 from .static_graph import freeze_same_padding
@@ -24,22 +24,22 @@ from .static_graph import freeze_same_padding
 LORA_MARK = ".lora_"
 
 
-def _unmerged(backbone_name: str, adapter_dir: Path):
+def _unmerged(base: BackboneSource, adapter_dir: Path):
     from peft import PeftModel
 
-    backbone = create_backbone(backbone_name)
+    backbone = base.build()
     peft_model = PeftModel.from_pretrained(backbone.model, str(adapter_dir))
     backbone.model = peft_model.base_model.model
     return backbone.eval()
 
 
-def export_lora_base(backbone_name: str, adapter_dir: Path, path: Path, size: int) -> list[str]:
+def export_lora_base(base: BackboneSource, adapter_dir: Path, path: Path, size: int) -> list[str]:
     """Write the base graph (LoRA structure of `adapter_dir`, zero LoRA weights); returns the names
     of its LoRA parameters."""
     import onnx
     from onnx import helper, numpy_helper
 
-    backbone = _unmerged(backbone_name, adapter_dir)
+    backbone = _unmerged(base, adapter_dir)
     with torch.no_grad():  # distinct values, or the exporter merges identical tensors into one name
         generator = torch.Generator().manual_seed(0)
         for name, param in backbone.named_parameters():
@@ -70,13 +70,13 @@ def export_lora_base(backbone_name: str, adapter_dir: Path, path: Path, size: in
     return names
 
 
-def export_lora_adapter(backbone_name: str, adapter_dir: Path, base_path: Path, out: Path) -> dict:
+def export_lora_adapter(base: BackboneSource, adapter_dir: Path, base_path: Path, out: Path) -> dict:
     """The object's LoRA matrices, named as in the base graph, in ONNX Runtime's adapter format."""
     import onnx
     import onnxruntime as ort
 
     expected = {i.name for i in onnx.load(str(base_path)).graph.initializer if LORA_MARK in i.name}
-    backbone = _unmerged(backbone_name, adapter_dir)
+    backbone = _unmerged(base, adapter_dir)
     params = {f"backbone.{n}": p.detach().numpy().astype(np.float32)
               for n, p in backbone.named_parameters() if LORA_MARK in n}
     missing = expected - set(params)

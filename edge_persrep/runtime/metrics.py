@@ -7,15 +7,13 @@ import numpy as np
 
 
 def average_precision(scores, labels) -> float:
-    """Non-interpolated AP (scikit-learn's definition): sum over positives of precision at their rank,
-    / number of positives. Ties are broken pessimistically (negatives first) so AP never flatters."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
-    if labels.sum() == 0:
+    """Non-interpolated AP, scikit-learn's `average_precision_score`: sum over the distinct score
+    thresholds of (recall gain) x (precision at that threshold). Tied scores form one threshold, so
+    no order among them is assumed (hand-written: the runtime does not ship scikit-learn)."""
+    precision, recall = precision_recall_curve(scores, labels)
+    if np.asarray(labels, bool).sum() == 0:
         raise ValueError("average_precision needs at least one positive")
-    order = np.lexsort((labels, -scores))  # by score desc, negatives before positives on ties
-    hits = labels[order]
-    precision_at_hit = np.cumsum(hits)[hits] / (np.nonzero(hits)[0] + 1)
-    return float(precision_at_hit.mean())
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
 def top_k_accuracy(ranked_correct: np.ndarray, k: int) -> float:
@@ -101,8 +99,10 @@ def best_f1(scores, labels) -> float:
 
 
 def precision_recall_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Precision and recall after each rank, scores sorted high to low (ties keep their order)."""
+    """Precision and recall at each distinct score, high to low: a threshold keeps every image
+    scoring at least it, so tied scores enter together (as in scikit-learn)."""
     scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
     order = np.argsort(-scores, kind="stable")
     tp = np.cumsum(labels[order])
-    return tp / np.arange(1, len(order) + 1), tp / max(labels.sum(), 1)
+    last = np.r_[np.nonzero(np.diff(scores[order]))[0], len(order) - 1] if len(order) else np.zeros(0, int)
+    return tp[last] / (last + 1), tp[last] / max(labels.sum(), 1)

