@@ -67,7 +67,7 @@ def present_metrics(present: list[bool], labels: list[bool]) -> tuple[float, flo
 
 def evaluate(bundle_dir: Path, target: str, subjects, split, test, calibration_negatives: list[Path]) -> dict:
     """`calibration_negatives`: what enrolment calibrates on (the pretrained model: every seen
-    negative, as a user would; a personalized run: the seen identities it held out of training)."""
+    negative, as a user would; a personalized run: what its enrolment used, `--calibrate-on`)."""
     bundle = Bundle.load(bundle_dir)
     finder = Finder(bundle, PrototypeStore(bundle.model_sha256, bundle.layout.embedding_dim, bundle.layout.grid_dim))
     s = subjects[target]
@@ -158,6 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--steps", type=int, help="override the preset's training steps")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds of the personalized model ('' = pretrained only)")
+    ap.add_argument("--calibrate-on", default="training", help="personalize --calibrate-on: training | held-out")
     args = ap.parse_args(argv)
 
     subjects = load_dreambooth(args.data)
@@ -181,7 +182,8 @@ def main(argv=None) -> int:
         for seed in seeds:
             started = time.time()
             bundle = personalize(s.photos[:3], target, s.category, args.out / "runs" / f"{target}-seed{seed}",
-                                 negatives=[negatives], preset=args.preset, steps=args.steps, seed=seed, device="cpu")
+                                 negatives=[negatives], preset=args.preset, steps=args.steps, seed=seed, device="cpu",
+                                 calibrate_on=args.calibrate_on)
             row["personalize_seconds"][str(seed)] = round(time.time() - started, 1)
             run_dir = bundle.parent
             row["personalized"][str(seed)] = evaluate(bundle, target, subjects, split, test, enrolment_negatives(run_dir))
@@ -199,7 +201,7 @@ def main(argv=None) -> int:
 
     summary = summarize(rows, seeds)
     report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3},
-              "preset": args.preset, "steps": args.steps, "seeds": seeds, "targets": rows, "mean": summary}
+              "calibrate_on": args.calibrate_on, "preset": args.preset, "steps": args.steps, "seeds": seeds, "targets": rows, "mean": summary}
     (args.out / "personalization.json").write_text(json.dumps(report, indent=2))
     print_tables(rows, summary, seeds)
     print(f"\nwrote {args.out / 'personalization.json'}")

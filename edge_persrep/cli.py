@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .runtime.errors import EdgePersrepError
+from .server_side.negatives import CALIBRATE_ON
 
 
 def _add_personalize(sub) -> None:
@@ -29,6 +30,9 @@ def _add_personalize(sub) -> None:
     p.add_argument("--negatives", type=Path, action="append", default=[],
                    help="folder of photos of other objects of the same category (repeatable)")
     p.add_argument("--others", type=Path, help="a bundle whose enrolled objects serve as negatives")
+    p.add_argument("--calibrate-on", choices=CALIBRATE_ON, default=None,
+                   help="negatives the present threshold is calibrated on: the ones trained against (default), "
+                        "or whole look-alikes (NAME_*.jpg) held out of training")
     p.add_argument("--masks", type=Path, help="folder of object masks named like the photos (cutpaste)")
     p.add_argument("--backgrounds", type=Path, help="folder of background photos for cutpaste")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) | paper (the paper's recipe)")
@@ -177,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("bench", help="median latency: torch eager vs ORT, and each runtime task")
     p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--images", nargs="+", help="photos to time on (default: the bundled examples)")
+    p.add_argument("--images", nargs="+", help="photos to time on (default: the examples' held-out photos)")
+    p.add_argument("--examples", type=Path,
+                   help="the sample photos folder (default: examples/images of the checkout this runs from)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both engines (0 = default)")
     p.add_argument("--out", type=Path, default=Path("bench.json"))
@@ -196,7 +202,7 @@ def cmd_personalize(args) -> None:
                          backgrounds=args.backgrounds, others=args.others, preset=args.preset, device=args.device,
                          seed=args.seed, weights=args.weights, steps=args.steps, force=args.force,
                          diffusion=_diffusion_options(args, resolve_device(args.device)), positives=args.positives,
-                         synth_data=args.synth_data)
+                         synth_data=args.synth_data, calibrate_on=args.calibrate_on or CALIBRATE_ON[0])
     print(f"personalized '{args.name}': bundle at {bundle}")
 
 
@@ -370,9 +376,9 @@ def cmd_bench(args) -> None:
     from .eval.bench import run_bench, run_variants_bench
 
     if args.variants:
-        run_variants_bench(args.backbones.split(","), args.repeats, args.out, args.random_init)
+        run_variants_bench(args.backbones.split(","), args.repeats, args.out, args.random_init, args.examples)
     else:
-        run_bench(args.backbone, args.images, args.repeats, args.threads, args.out)
+        run_bench(args.backbone, args.images, args.repeats, args.threads, args.out, args.examples)
 
 
 def cmd_eval(args) -> None:

@@ -29,7 +29,7 @@ from .runtime.images import list_images, load_image, refuse_duplicates
 from .server_side import synth
 from .server_side.backbones import BackboneSource, create_backbone, get_spec
 from .server_side.contrastive import get_preset, load_adapter, train
-from .server_side.negatives import generated_holdout, identity_of, split_for_calibration
+from .server_side.negatives import CALIBRATE_ON, generated_holdout, identity_of, no_holdout, split_for_calibration
 
 COPY_SIDE = 768  # photos copied into the run directory are downscaled to this long side
 
@@ -69,8 +69,8 @@ def _copy_photos(paths: Sequence[Path], out: Path) -> list[Path]:
     return copies
 
 
-RESUME_KEYS = ("name", "backbone", "weights_sha256", "synth", "preset", "seed", "photo_sha256", "negatives",
-               "train_config", "diffusion", "synth_data")
+RESUME_KEYS = ("name", "backbone", "weights_sha256", "synth", "calibrate_on", "preset", "seed", "photo_sha256",
+               "negatives", "train_config", "diffusion", "synth_data")
 DIFFUSION_POSITIVES = 450  # paper: ~450 generated positives per object, whatever the training preset
 ENROLL_GENERATED_NEGATIVES = 32  # at most this many generated negatives are held out of training to calibrate
 
@@ -159,12 +159,15 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
                 backgrounds: Path | None = None, others: Path | None = None, preset: str = "quick",
                 device: str = "auto", seed: int = 0, weights: Path | None = None, steps: int | None = None,
                 force: bool = False, diffusion=None, positives: int | None = None,
-                synth_data: Path | None = None) -> Path:
+                synth_data: Path | None = None, calibrate_on: str = CALIBRATE_ON[0]) -> Path:
     """The whole server-side job; returns the bundle directory (RUN/bundle).
 
     `diffusion` (synth.personalized_generation.DiffusionOptions) configures the DreamBooth methods;
-    `synth_data` uses a finished `edge-persrep synth` output instead of generating."""
+    `synth_data` uses a finished `edge-persrep synth` output instead of generating; `calibrate_on`
+    says which negatives calibrate `present` (server_side.negatives)."""
     get_spec(backbone)  # an unknown backbone fails before any work starts
+    if calibrate_on not in CALIBRATE_ON:
+        raise EdgePersrepError(f"--calibrate-on {calibrate_on}: use {' or '.join(CALIBRATE_ON)}")
     device = resolve_device(device)
     config = get_preset(preset, seed=seed)
     if steps is not None:
@@ -210,7 +213,8 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     identities, negative_images = gather_negatives([Path(d) for d in negatives], others)
     source = BackboneSource.given(backbone, weights)
     record = {"name": name, "category": category, "backbone": backbone, "weights_file": source.weights_file,
-              "weights_sha256": source.weights_sha256, "synth": synth_method, "preset": preset,
+              "weights_sha256": source.weights_sha256, "synth": synth_method, "calibrate_on": calibrate_on,
+              "preset": preset,
               "seed": seed, "device": device, "photos": [_copy_name(i, p) for i, p in enumerate(photo_paths)],
               "photo_sha256": [sha256_file(p) for p in photo_paths],
               "negatives": {"count": len(negative_images), "sha256": _content_sha256(negative_images)},
@@ -221,7 +225,8 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     reference = _copy_photos(photo_paths, out / "photos")
     mask_paths = _copy_masks(mask_arrays, reference, out / "masks") if mask_arrays else None
     model = source.build()
-    split = split_for_calibration(identities, _hardness(model, reference, negative_images, device))
+    split = (split_for_calibration(identities, _hardness(model, reference, negative_images, device))
+             if calibrate_on == "held-out" else no_holdout(len(negative_images)))
     record["calibration"] = split.record(identities)
     negative_paths = _save_negatives(negative_images, split.train, out / "negatives")
     calibration_paths = _save_negatives(negative_images, split.calibration, out / "calibration")
@@ -237,7 +242,8 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
                                      backgrounds=list_images([backgrounds]) if backgrounds else negative_paths)
         result = synth.generate(synth_method, request)
     positives = result.positives
-    train_negatives, enroll_negatives = _training_and_calibration(negative_paths, calibration_paths, result.negatives)
+    train_negatives, enroll_negatives = _training_and_calibration(negative_paths, calibration_paths, result.negatives,
+                                                                  calibrate_on)
     record["calibration"].update(enrolment_negatives=len(enroll_negatives),
                                  on_training_negatives=enroll_negatives == train_negatives)
     timings["synth_s"] = round(time.time() - started, 1)
@@ -260,12 +266,15 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     return bundle_dir
 
 
-def _training_and_calibration(negatives: list[Path], calibration: list[Path],
-                              generated: Sequence[Path]) -> tuple[list[Path], list[Path]]:
-    """Training negatives (the user's kept ones + generated ones) and enrolment calibration negatives
-    (the user's held-out ones + a few held-out generated ones). With nothing held out (too few
-    negatives) enrolment calibrates on the training negatives, as the run's record says."""
-    kept, held = generated_holdout(len(generated), ENROLL_GENERATED_NEGATIVES)
+def _training_and_calibration(negatives: list[Path], calibration: list[Path], generated: Sequence[Path],
+                              calibrate_on: str) -> tuple[list[Path], list[Path]]:
+    """Training negatives (the user's kept ones + generated ones) and enrolment calibration negatives.
+    `held-out`: the user's held-out ones + a few held-out generated ones; with nothing held out (too
+    few negatives) enrolment calibrates on the training negatives, as the run's record says.
+    `training`: the user's negatives + the first generated ones, all also trained against."""
+    kept, held = generated_holdout(len(generated), ENROLL_GENERATED_NEGATIVES, calibrate_on == "held-out")
+    if calibrate_on == "training":
+        return negatives + [generated[i] for i in kept], negatives + [generated[i] for i in held]
     train_negatives = negatives + [generated[i] for i in kept]
     enroll_negatives = calibration + [generated[i] for i in held]
     return train_negatives, enroll_negatives or train_negatives
@@ -273,9 +282,10 @@ def _training_and_calibration(negatives: list[Path], calibration: list[Path],
 
 def enrolment_negatives(run_dir: Path) -> list[Path]:
     """The negatives a finished run calibrates its object's threshold on (as `personalize` did)."""
+    calibrate_on = json.loads((run_dir / "run.json").read_text()).get("calibrate_on", "training")
     return _training_and_calibration(sorted((run_dir / "negatives").glob("*.jpg")),
                                      sorted((run_dir / "calibration").glob("*.jpg")),
-                                     sorted((run_dir / "synth" / "negatives").glob("*.jpg")))[1]
+                                     sorted((run_dir / "synth" / "negatives").glob("*.jpg")), calibrate_on)[1]
 
 
 def export_bundle(model, out: Path, reference: Sequence[Path], training: dict | None, name: str | None = None,

@@ -211,3 +211,10 @@ def test_rerun_with_other_negatives_of_the_same_count_is_refused(personalized_ru
     out = run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
                   "--negatives", negatives, "--steps", "4", "--seed", "1", check=False)
     assert out.returncode == 2 and "other settings (negatives)" in out.stderr
+
+
+def test_bench_outside_a_checkout_asks_for_the_sample_photos(tmp_path):
+    """A pip-installed package ships no photos: bench says which folder to pass, in one line."""
+    out = run_cli("bench", "--examples", tmp_path, "--repeats", "1", "--out", tmp_path / "b.json", check=False)
+    assert out.returncode == 2 and "--examples DIR" in out.stderr and "dog_heldout" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.json").exists()

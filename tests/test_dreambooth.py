@@ -302,9 +302,7 @@ def test_dreambooth_personalize_end_to_end(tiny_sd, examples, tmp_path):
         assert len(manifest["images"]) == count and all("generator_seed" in e for e in manifest["images"])
     assert "sks dog" in json.loads((run / "synth" / "positives.json").read_text())["images"][0]["prompt"]
     training = json.loads((run / "train" / "summary.json").read_text())
-    assert training["positives"] == 12 and training["negatives"] == 4  # 6 generated: 2 held out to calibrate
-    calibration = json.loads((run / "run.json").read_text())["calibration"]
-    assert calibration["unit"] == "none" and calibration["enrolment_negatives"] == 2  # no user negatives
+    assert training["positives"] == 12 and training["negatives"] == 6  # generated negatives used
     record = json.loads((run / "run.json").read_text())
     assert record["diffusion"]["dreambooth"]["steps"] == 4 and record["synth"] == "combined"
     found = run_cli("find", run / "bundle", examples / "dog_heldout", "--json")

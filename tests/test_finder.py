@@ -39,7 +39,7 @@ def test_classify_separates_the_object_from_other_animals(finder, examples):
 def test_detect_finds_the_object_pasted_into_scenes(finder, examples):
     """The held-out dog photo pasted at a random place and size on photos without dogs: the box
     from the patch-similarity map must overlap the pasted region (mean IoU >= 0.45)."""
-    backgrounds = list_images([examples.parent.parent / "tests" / "data" / "backgrounds"])
+    backgrounds = list_images([examples / "backgrounds"])
     dogs = [load_image(p) for p in list_images([examples / "dog_heldout"])]
     rng = random.Random(0)
     ious = []
@@ -134,7 +134,7 @@ def test_a_small_dog_among_other_things_is_found_by_its_region(finder, examples)
     negatives = list_images([examples / "negatives"])
     paper = finder.make_prototype("dog", list_images([examples / "dog"]), "dog", negatives=negatives, scoring="global")
     fillers = [load_image(p) for p in list_images([examples / "heldout_others",
-                                                   examples.parent.parent / "tests" / "data" / "backgrounds"])]
+                                                   examples / "backgrounds"])]
     found, found_by_global, pointed = 0, 0, 0
     for photo in list_images([examples / "dog_heldout"]):
         for n in (2, 3):

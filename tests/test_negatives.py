@@ -49,17 +49,35 @@ def test_generated_holdout_is_every_third_and_capped():
     assert generated_holdout(2, limit=32) == ([0, 1], [])
 
 
-def test_run_calibrates_on_identities_it_did_not_train_on(personalized_run):
-    """The example negatives are 4 dogs (dog2_00.jpg ...): one is held out of training, whole, and
-    enrolment calibrates on it; the run records which; training never saw its photos."""
+def test_held_out_run_calibrates_on_identities_it_did_not_train_on(examples, tmp_path):
+    """`--calibrate-on held-out`: the example negatives are 4 dogs (dog2_00.jpg ...); one is held out
+    of training, whole, and enrolment calibrates on it; the run records which; export agrees."""
     pytest.importorskip("torch")
-    record = json.loads((personalized_run / "run.json").read_text())
+    from conftest import run_cli
+
+    from edge_persrep.pipeline import enrolment_negatives
+
+    run = tmp_path / "run"
+    run_cli("personalize", examples / "dog", "--name", "d", "--category", "dog", "--out", run, "--negatives",
+            examples / "negatives", "--steps", "2", "--calibrate-on", "held-out")
+    record = json.loads((run / "run.json").read_text())
     calibration = record["calibration"]
-    assert calibration["unit"] == "identity" and len(calibration["calibration_identities"]) == 1
-    assert not calibration["on_training_negatives"]
-    held = sorted((personalized_run / "calibration").glob("*.jpg"))
-    trained = sorted((personalized_run / "negatives").glob("*.jpg"))
+    assert record["calibrate_on"] == "held-out" and calibration["unit"] == "identity"
+    assert len(calibration["calibration_identities"]) == 1 and not calibration["on_training_negatives"]
+    held = sorted((run / "calibration").glob("*.jpg"))
+    trained = sorted((run / "negatives").glob("*.jpg"))
     assert len(held) == calibration["calibration"] >= 2 and len(trained) == calibration["train"]
     assert not {p.name for p in held} & {p.name for p in trained}
-    summary = json.loads((personalized_run / "train" / "summary.json").read_text())
-    assert summary["negatives"] == len(trained)  # the held-out identity never reached training
+    assert json.loads((run / "train" / "summary.json").read_text())["negatives"] == len(trained)  # never trained on
+    assert enrolment_negatives(run) == held  # what `export RUN` re-enrols on
+
+
+def test_default_run_trains_and_calibrates_on_every_negative(personalized_run):
+    pytest.importorskip("torch")
+    from edge_persrep.pipeline import enrolment_negatives
+
+    record = json.loads((personalized_run / "run.json").read_text())
+    assert record["calibrate_on"] == "training" and record["calibration"]["on_training_negatives"]
+    trained = sorted((personalized_run / "negatives").glob("*.jpg"))
+    assert len(trained) == 11 and not list((personalized_run / "calibration").glob("*.jpg"))
+    assert enrolment_negatives(personalized_run) == trained

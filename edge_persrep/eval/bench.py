@@ -14,7 +14,21 @@ from typing import Callable
 
 import numpy as np
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
+SOURCE_EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"  # in a checkout only
+
+
+def example_photos(examples: Path | None) -> Path:
+    """The sample photos bench times on (dog/, dog_heldout/, heldout_others/, negatives/,
+    backgrounds/): `--examples DIR`, else a checkout's examples/images. A pip-installed package does
+    not ship photos, so there the folder must be given."""
+    from ..runtime.errors import EdgePersrepError
+
+    root = examples if examples is not None else SOURCE_EXAMPLES
+    missing = [d for d in ("dog", "dog_heldout", "heldout_others", "negatives", "backgrounds") if not (root / d).is_dir()]
+    if missing:
+        raise EdgePersrepError(f"{root}: bench needs the sample photos ({', '.join(missing)} missing); pass "
+                               "--examples DIR, e.g. examples/images of an edge-persrep checkout")
+    return root
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -28,7 +42,8 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: int, out: Path) -> dict:
+def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: int, out: Path,
+              examples: Path | None = None) -> dict:
     import torch
 
     from ..pipeline import export_pretrained
@@ -40,14 +55,15 @@ def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: in
 
     if threads:
         torch.set_num_threads(threads)
-    paths = list_images(images or [EXAMPLES / "dog_heldout", EXAMPLES / "heldout_others"])
+    examples = example_photos(examples)
+    paths = list_images(images or [examples / "dog_heldout", examples / "heldout_others"])
     photos = [load_image(p) for p in paths]
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = export_pretrained(backbone, Path(tmp) / "bundle")
         finder = Finder.open(bundle_dir)
         if threads:
             finder.bundle._session = make_session(finder.bundle.model_path, ["CPUExecutionProvider"], threads)
-        finder.enroll("object", list_images([EXAMPLES / "dog"]))
+        finder.enroll("object", list_images([examples / "dog"]))
         size = finder.bundle.input_size
         batch1 = resize_to_input(photos[0], size)[None]
         batch8 = np.repeat(batch1, 8, axis=0)
@@ -89,7 +105,8 @@ def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: in
     return report
 
 
-def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_init: bool = False) -> dict:
+def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_init: bool = False,
+                       examples: Path | None = None) -> dict:
     """Per backbone x variant: file size, median latency (batch 1 and 8), cosine and AP vs fp32.
 
     Calibration (int8) and checks use disjoint example photos: calibration = the test backgrounds
@@ -108,8 +125,9 @@ def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_ini
     from ..server_side.backbones import create_backbone
     from ..server_side.embedder import ImageEmbedder
 
-    backgrounds = EXAMPLES.parents[1] / "tests" / "data" / "backgrounds"
-    negatives = list_images([EXAMPLES / "negatives"])
+    examples = example_photos(examples)
+    backgrounds = examples / "backgrounds"
+    negatives = list_images([examples / "negatives"])
     rows = []
     for name in backbones:
         model = create_backbone(name, pretrained=not random_init)
@@ -119,8 +137,8 @@ def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_ini
             return np.stack([resize_to_input(load_image(p), size) for p in paths])
 
         calibration = inputs(list_images([backgrounds]) + negatives[0::2])
-        checks = CheckSet(inputs(list_images([EXAMPLES / "dog"])), inputs(list_images([EXAMPLES / "dog_heldout"])),
-                          inputs(negatives[1::2] + list_images([EXAMPLES / "heldout_others"])))
+        checks = CheckSet(inputs(list_images([examples / "dog"])), inputs(list_images([examples / "dog_heldout"])),
+                          inputs(negatives[1::2] + list_images([examples / "heldout_others"])))
         with tempfile.TemporaryDirectory() as tmp:
             bundle = Path(tmp) / "b"
             write_bundle(model, bundle, [], None)
