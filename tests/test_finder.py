@@ -76,8 +76,9 @@ def test_objects_enrolled_in_a_bundle_serve_as_negatives(finder):
     pytest.importorskip("torch")
     from edge_persrep.pipeline import gather_negatives
 
-    negatives = gather_negatives([], finder.bundle.root)
+    identities, negatives = gather_negatives([], finder.bundle.root)
     assert len(negatives) == 3 and all(im.mode == "RGB" and max(im.size) <= 384 for im in negatives)
+    assert identities == ["enrolled:dog"] * 3  # one enrolled object, one identity
 
 
 def test_top_k_matches_a_full_sort():
