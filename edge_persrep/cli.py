@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .runtime.errors import EdgePersrepError
-from .server_side.negatives import CALIBRATE_ON
+from .server_side.options import CALIBRATE_ON, DEFAULT_BACKBONE, DIFFUSION_PRECISIONS, DREAMBOOTH_MODES, SCHEDULER_STEPS
 
 
 def _add_personalize(sub) -> None:
@@ -21,7 +21,7 @@ def _add_personalize(sub) -> None:
     p.add_argument("--name", required=True, help="what to call the object")
     p.add_argument("--category", required=True, help="its category, e.g. dog, mug, sneaker")
     p.add_argument("--out", required=True, type=Path, help="run directory (resumable; bundle in OUT/bundle)")
-    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors or state dict)")
     p.add_argument("--synth", default="augment",
                    help="augment | cutpaste | dreambooth | masked-dreambooth | combined (the last three run "
@@ -50,23 +50,23 @@ def _add_diffusion_options(p) -> None:
                         "--offline reads only the local cache")
     g.add_argument("--positives", type=int, help="positives to generate (default 450 for the Stable Diffusion methods, as the paper; "
                         "the preset's for augment/cutpaste)")
-    g.add_argument("--synth-negatives", type=int, default=1000, help="negatives from the un-tuned model (paper 1000)")
-    g.add_argument("--dreambooth", default="lora", choices=["lora", "full"], help="LoRA (8 GB GPUs) or full (paper)")
-    g.add_argument("--db-steps", type=int, default=400, help="DreamBooth steps (paper 400)")
+    g.add_argument("--synth-negatives", type=int, help="negatives from the un-tuned model (default and paper 1000)")
+    g.add_argument("--dreambooth", choices=DREAMBOOTH_MODES, help="LoRA (default; 8 GB GPUs) or full (paper)")
+    g.add_argument("--db-steps", type=int, help="DreamBooth steps (default and paper 400)")
     g.add_argument("--db-lr", type=float, help="DreamBooth learning rate (default 1e-4 LoRA, 2e-6 full)")
-    g.add_argument("--db-rank", type=int, default=16, help="DreamBooth LoRA rank")
-    g.add_argument("--train-text-encoder", action="store_true", help="train the text encoder too (paper)")
-    g.add_argument("--prior-weight", type=float, default=1.0, help="prior-preservation loss weight (paper 1.0)")
-    g.add_argument("--class-images", type=int, default=200, help="prior-preservation class images (paper 200)")
-    g.add_argument("--token", default="sks", help="the rare token the object is bound to")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+    g.add_argument("--db-rank", type=int, help="DreamBooth LoRA rank (default 16)")
+    g.add_argument("--train-text-encoder", action="store_true", default=None, help="train the text encoder too (paper)")
+    g.add_argument("--prior-weight", type=float, help="prior-preservation loss weight (default and paper 1.0)")
+    g.add_argument("--class-images", type=int, help="prior-preservation class images (default and paper 200)")
+    g.add_argument("--token", help="the rare token the object is bound to (default sks)")
+    g.add_argument("--precision", choices=DIFFUSION_PRECISIONS,
                    help="DreamBooth and sampling precision (auto: fp16 on CUDA, fp32 on CPU)")
-    g.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance (paper 5.0; 4.0, 7.5)")
-    g.add_argument("--scheduler", default="pndm", choices=["pndm", "ddim", "dpm++"],
+    g.add_argument("--cfg", type=float, help="classifier-free guidance (default and paper 5.0; also 4.0, 7.5)")
+    g.add_argument("--scheduler", choices=list(SCHEDULER_STEPS),
                    help="pndm (SD 1.5's, 50 steps, paper) | ddim | dpm++ (DPM-Solver++, 25 steps)")
     g.add_argument("--sample-steps", type=int, help="denoising steps (default: 50, or 25 for dpm++)")
-    g.add_argument("--sample-batch", type=int, default=8, help="images per sampling batch")
-    g.add_argument("--scenes", type=int, default=100, help="combined: generated backgrounds for Cut-and-Paste")
+    g.add_argument("--sample-batch", type=int, help="images per sampling batch (default 8)")
+    g.add_argument("--scenes", type=int, help="combined: generated backgrounds for Cut-and-Paste (default 100)")
     g.add_argument("--prompts", type=Path, help="prompt file replacing the built-in bank (one per line, {subject})")
     g.add_argument("--min-similarity", type=float,
                    help="filter: keep a positive whose object crop has at least this mean cosine to the real "
@@ -77,18 +77,22 @@ def _diffusion_options(args, device: str = "cpu"):
     from .server_side.synth.dreambooth import DreamBoothConfig
     from .server_side.synth.personalized_generation import DiffusionOptions
     from .server_side.synth.sampling import SamplingConfig
-    from .server_side.synth.sd_models import DEFAULT_SD_MODEL
 
     return DiffusionOptions(
-        sd_model=args.sd_model or DEFAULT_SD_MODEL,
-        dreambooth=DreamBoothConfig(mode=args.dreambooth, steps=args.db_steps, lr=args.db_lr, rank=args.db_rank,
-                                    train_text_encoder=args.train_text_encoder, prior_weight=args.prior_weight,
-                                    class_images=args.class_images, token=args.token, precision=args.precision,
-                                    seed=getattr(args, "seed", 0)),
-        sampling=SamplingConfig(cfg=args.cfg, scheduler=args.scheduler, steps=args.sample_steps,
-                                batch_size=args.sample_batch),
-        negatives=args.synth_negatives, backgrounds=args.scenes, prompts_file=args.prompts,
-        min_similarity=args.min_similarity, device=device)
+        dreambooth=DreamBoothConfig(**_given(args, mode="dreambooth", steps="db_steps", lr="db_lr", rank="db_rank",
+                                             train_text_encoder="train_text_encoder", prior_weight="prior_weight",
+                                             class_images="class_images", token="token", precision="precision",
+                                             seed="seed")),
+        sampling=SamplingConfig(**_given(args, cfg="cfg", scheduler="scheduler", steps="sample_steps",
+                                         batch_size="sample_batch")),
+        **_given(args, sd_model="sd_model", negatives="synth_negatives", backgrounds="scenes", prompts_file="prompts",
+                 min_similarity="min_similarity"),
+        device=device)
+
+
+def _given(args, **fields: str) -> dict:
+    """{config field: value} for the options the user gave; the rest keep the config's own default."""
+    return {name: getattr(args, option) for name, option in fields.items() if getattr(args, option, None) is not None}
 
 
 def _add_synth(sub) -> None:
@@ -99,7 +103,7 @@ def _add_synth(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="data directory (resumable)")
     p.add_argument("--method", default="dreambooth", choices=["dreambooth", "masked-dreambooth", "combined"])
     p.add_argument("--masks", type=Path, help="folder of object masks named like the photos")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="the filter's embedder")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="the filter's embedder")
     p.add_argument("--weights", type=Path, help="local weights for --backbone")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
@@ -167,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="pretrained vs personalized on the four tasks; writes report.json + index.html")
     p.add_argument("--dataset", required=True, type=Path)
     p.add_argument("--layout", default="pods", choices=["pods", "procedural", "dreambooth"])
-    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--synth", default="augment,cutpaste", help="comma-separated synthesis methods to compare")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--objects", help="comma-separated subset of objects")
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("bench", help="median latency: torch eager vs ORT, and each runtime task")
-    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--images", nargs="+", help="photos to time on (default: the examples' held-out photos)")
     p.add_argument("--examples", type=Path,
                    help="the sample photos folder (default: examples/images of the checkout this runs from)")
@@ -189,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench.json"))
     p.add_argument("--variants", action="store_true",
                    help="instead: table per backbone x variant (fp32/fp16/int8/ort): size, latency, cosine, AP")
-    p.add_argument("--backbones", default="efficientnet_lite0", help="with --variants: comma-separated")
+    p.add_argument("--backbones", default=DEFAULT_BACKBONE, help="with --variants: comma-separated")
     p.add_argument("--random-init", action="store_true", help="with --variants: random weights (ViTs offline)")
     return parser
 

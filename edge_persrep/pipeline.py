@@ -29,7 +29,8 @@ from .runtime.images import list_images, load_image, refuse_duplicates
 from .server_side import synth
 from .server_side.backbones import BackboneSource, create_backbone, get_spec
 from .server_side.contrastive import get_preset, load_adapter, train
-from .server_side.negatives import CALIBRATE_ON, generated_holdout, identity_of, no_holdout, split_for_calibration
+from .server_side.negatives import generated_holdout, identity_of, no_holdout, split_for_calibration
+from .server_side.options import CALIBRATE_ON, DEFAULT_BACKBONE
 
 COPY_SIDE = 768  # photos copied into the run directory are downscaled to this long side
 
@@ -154,7 +155,7 @@ def _save_negatives(images: Sequence[Image.Image], indices: Sequence[int], folde
     return paths
 
 
-def personalize(photos: Sequence[str | Path], name: str, category: str, out: Path, backbone: str = "efficientnet_lite0",
+def personalize(photos: Sequence[str | Path], name: str, category: str, out: Path, backbone: str = DEFAULT_BACKBONE,
                 synth_method: str = "augment", negatives: Sequence[Path] = (), masks: Path | None = None,
                 backgrounds: Path | None = None, others: Path | None = None, preset: str = "quick",
                 device: str = "auto", seed: int = 0, weights: Path | None = None, steps: int | None = None,

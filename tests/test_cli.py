@@ -218,3 +218,22 @@ def test_bench_outside_a_checkout_asks_for_the_sample_photos(tmp_path):
     out = run_cli("bench", "--examples", tmp_path, "--repeats", "1", "--out", tmp_path / "b.json", check=False)
     assert out.returncode == 2 and "--examples DIR" in out.stderr and "dog_heldout" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.json").exists()
+
+
+def test_cli_writes_no_default_twice_the_configs_own_them():
+    """Options the user leaves out keep the typed configs' defaults (argparse says None); given ones
+    reach the config, and the scheduler's default step count follows a chosen scheduler."""
+    from dataclasses import asdict
+
+    from edge_persrep.cli import _diffusion_options, build_parser
+    from edge_persrep.server_side.synth.personalized_generation import DiffusionOptions
+
+    parser = build_parser()
+    plain = parser.parse_args(["personalize", "x", "--name", "n", "--category", "c", "--out", "o"])
+    assert asdict(_diffusion_options(plain)) == asdict(DiffusionOptions())
+    given = parser.parse_args(["personalize", "x", "--name", "n", "--category", "c", "--out", "o", "--db-steps", "7",
+                               "--scheduler", "dpm++", "--seed", "3", "--train-text-encoder", "--scenes", "5"])
+    options = _diffusion_options(given)
+    assert (options.dreambooth.steps, options.dreambooth.seed, options.dreambooth.train_text_encoder) == (7, 3, True)
+    assert (options.sampling.scheduler, options.sampling.steps, options.backgrounds) == ("dpm++", 25, 5)
+    assert options.negatives == DiffusionOptions().negatives

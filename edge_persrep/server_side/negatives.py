@@ -28,7 +28,6 @@ from typing import Sequence
 
 HOLDOUT_EVERY = 3
 MIN_UNITS = 3
-CALIBRATE_ON = ("training", "held-out")  # personalize --calibrate-on: the first is the default
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from ...runtime.errors import EdgePersrepError
 from ...runtime.files import atomic_write_json
+from ..options import DIFFUSION_PRECISIONS, DREAMBOOTH_MODES
 from .sd_models import StableDiffusion
 
 LORA_TARGETS_UNET = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -51,9 +52,9 @@ class DreamBoothConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.mode not in ("lora", "full"):
+        if self.mode not in DREAMBOOTH_MODES:
             raise EdgePersrepError(f"DreamBooth mode '{self.mode}': use lora or full")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+        if self.precision not in DIFFUSION_PRECISIONS:
             raise EdgePersrepError(f"precision '{self.precision}': use auto, fp32, fp16 or bf16")
         if self.lr is None:
             self.lr = 1e-4 if self.mode == "lora" else 2e-6

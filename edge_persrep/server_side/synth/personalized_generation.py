@@ -30,6 +30,7 @@ from ...runtime.errors import EdgePersrepError
 from ...runtime.files import atomic_write_json
 from ...runtime.images import load_image
 from ..embedder import Embedder
+from ..options import DEFAULT_BACKBONE
 from . import cutpaste
 from .base import DIFFUSION_METHODS, METHODS_NEEDING_MASKS, SynthRequest, SynthResult, read_masks
 from .dreambooth import DreamBoothConfig, check_precision, class_prompt, fine_tune, load_tuned, weight_dtype
@@ -49,7 +50,7 @@ class DiffusionOptions:
     prompts_file: Path | None = None  # replaces the built-in prompt bank
     min_similarity: float | None = None  # filter threshold; None: paper's (0.6, 0.55 for animals); <= -1: off
     device: str = "cpu"
-    filter_backbone: str = "efficientnet_lite0"
+    filter_backbone: str = DEFAULT_BACKBONE
     filter_weights: Path | None = None
 
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ...runtime.errors import EdgePersrepError
+from ..options import SCHEDULER_STEPS
 from .base import SynthRequest, SynthResult, image_file, image_seed, merge_shards, run_generator
 from .sd_models import StableDiffusion
 
-SCHEDULERS = {"pndm": 50, "ddim": 50, "dpm++": 25}  # name -> default steps (pndm is SD 1.5's own: the paper's)
+SCHEDULERS = SCHEDULER_STEPS
 
 
 @dataclass

@@ -1,0 +1,12 @@
+"""The server side's named choices, torch-free so the CLI can offer them without importing torch.
+
+Defaults live in the typed configs that use them (DreamBoothConfig, SamplingConfig,
+DiffusionOptions, TrainConfig, Gate); the CLI passes only what the user gave, so no default is
+written twice. What both the CLI and those configs need to name lives here.
+"""
+
+DEFAULT_BACKBONE = "efficientnet_lite0"  # the edge default: real weights ship as a pip package
+DREAMBOOTH_MODES = ("lora", "full")  # lora: consumer GPUs; full: the paper
+DIFFUSION_PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on CUDA, fp32 on CPU
+SCHEDULER_STEPS = {"pndm": 50, "ddim": 50, "dpm++": 25}  # name -> default steps (pndm is SD 1.5's own: the paper's)
+CALIBRATE_ON = ("training", "held-out")  # personalize --calibrate-on: the first is the default
