@@ -260,11 +260,26 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
     timings["train_s"] = round(time.time() - started, 1)
 
     started = time.time()
-    bundle_dir = export_bundle(model, out / "bundle", reference, summary, name, category, enroll_negatives,
-                               force=True, masks=mask_paths)
+    bundle_dir = out / "bundle"
+    if not _finished_bundle(bundle_dir, name, summary):
+        export_bundle(model, bundle_dir, reference, summary, name, category, enroll_negatives, force=True,
+                      masks=mask_paths)
     timings["export_enroll_s"] = round(time.time() - started, 1)
     atomic_write_json(run_json, record)
     return bundle_dir
+
+
+def _finished_bundle(bundle_dir: Path, name: str, training: dict) -> bool:
+    """A resumed run's bundle is finished if it loads (manifest, checksums), holds this training's
+    model and has `name` enrolled."""
+    if not (bundle_dir / "bundle.json").is_file():
+        return False
+    try:
+        finder = Finder.open(bundle_dir)
+    except EdgePersrepError:
+        return False  # half-written or damaged: export again
+    same_model = json.loads(json.dumps(finder.bundle.manifest.get("training"))) == json.loads(json.dumps(training))
+    return same_model and name in finder.store.objects
 
 
 def _training_and_calibration(negatives: list[Path], calibration: list[Path], generated: Sequence[Path],

@@ -152,7 +152,8 @@ def run_generator(request: SynthRequest, name: str,
                 atomic_write_json(manifest_path, manifest)
                 unsaved = 0
     manifest["images"].sort(key=lambda e: e["file"])
-    atomic_write_json(manifest_path, manifest)
+    if todo or not manifest_path.is_file():  # a finished set is left as it is (a rerun redoes nothing)
+        atomic_write_json(manifest_path, manifest)
     return _result(request, manifest, {image_file(subdir, i) for i in mine}, manifest_path)
 
 
