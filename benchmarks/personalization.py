@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from edge_persrep.eval.protocols import (
     disjoint_test_set,
     identity_split,
     lookalike_targets,
+    write_negatives,
 )
 from edge_persrep.pipeline import enrolment_negatives, export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
@@ -104,17 +104,10 @@ def evaluate(bundle_dir: Path, target: str, subjects, split, test, calibration_n
 
 def negatives_folder(subjects, split, target: str, out: Path) -> Path:
     """The seen subjects' reference photos: all 3 of each same-category one, 1 of each other."""
-    folder = out / "negatives" / target
-    if not folder.is_dir():
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in split.seen:
-            o = subjects[name]
-            for p in o.photos[:3] if o.category == subjects[target].category else o.photos[:1]:
-                shutil.copy(p, tmp / f"{name}_{p.name}")
-        tmp.rename(folder)
-    return folder
+    category = subjects[target].category
+    return write_negatives(out / "negatives" / target,
+                           {n: subjects[n].photos[:3] if subjects[n].category == category else subjects[n].photos[:1]
+                            for n in split.seen})
 
 
 def summarize(rows: list[dict], seeds: list[int]) -> dict:

@@ -16,7 +16,10 @@ similarity map's peak falls in s's cell).
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
 from PIL import Image
 
@@ -169,3 +172,17 @@ def disjoint_test_set(subjects: dict[str, Subject], split: IdentitySplit, n_refs
                          for i, c in enumerate(cells)}
                 out.append(TestImage(compose_grid(images, n, SIDE), set(cells), f"scene{n}x{n}", source, boxes))
     return out
+
+
+def write_negatives(folder: Path, photos: dict[str, Sequence[Path]]) -> Path:
+    """A `--negatives` folder: each subject's photos copied as NAME_photo (how `personalize` knows
+    their identities), made complete or not at all (written beside, then renamed)."""
+    if not folder.is_dir():
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, paths in photos.items():
+            for path in paths:
+                shutil.copy(path, tmp / f"{name}_{path.name}")
+        tmp.rename(folder)
+    return folder

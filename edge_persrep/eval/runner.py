@@ -15,7 +15,6 @@ pretrained backbone is shared. For object o and a model M:
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,18 +107,13 @@ def load_dreambooth_hard(root: Path, work: Path) -> EvalSet:
 
 
 def _negatives_dir(evalset: EvalSet, obj: EvalObject, work: Path) -> Path:
-    """Training negatives (EvalSet.negatives_for): their training photos, all of a same-category
-    object's, one of any other's; named NAME_photo so `personalize` knows their identities."""
-    folder = work / "negatives" / obj.name
-    if not folder.is_dir():
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for other in evalset.negatives_for(obj):
-            for p in (other.train if other.category == obj.category else other.train[:1]):
-                shutil.copy(p, tmp / f"{other.name}_{p.name}")
-        tmp.rename(folder)
-    return folder
+    """Training negatives (EvalSet.negatives_for): all training photos of a same-category object,
+    one of any other's."""
+    from .protocols import write_negatives
+
+    return write_negatives(work / "negatives" / obj.name,
+                           {o.name: o.train if o.category == obj.category else o.train[:1]
+                            for o in evalset.negatives_for(obj)})
 
 
 def _masks(obj: EvalObject) -> list[np.ndarray] | None:
