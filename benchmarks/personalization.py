@@ -124,7 +124,8 @@ def summarize(rows: list[dict], seeds: list[int]) -> dict:
 
 
 def print_tables(rows: list[dict], summary: dict, seeds: list[int]) -> None:
-    print("\n| target | category | seen / unseen | AP pre | AP pers | dAP | present bAcc pre | pers | pointing pre | pers "
+    print("\n| target | category | seen / unseen | AP pre | AP pers | dAP | present bAcc pre | pers "
+          "| pointing pre | pers "
           "| box IoU pre | pers | top-1 pre | pers |")
     print("|" + "---|" * 15)
     for r in rows:
@@ -179,7 +180,8 @@ def main(argv=None) -> int:
                                  calibrate_on=args.calibrate_on)
             row["personalize_seconds"][str(seed)] = round(time.time() - started, 1)
             run_dir = bundle.parent
-            row["personalized"][str(seed)] = evaluate(bundle, target, subjects, split, test, enrolment_negatives(run_dir))
+            calibration = enrolment_negatives(run_dir)
+            row["personalized"][str(seed)] = evaluate(bundle, target, subjects, split, test, calibration)
             row.setdefault("calibration", json.loads((run_dir / "run.json").read_text())["calibration"])
         if seeds:
             row["personalized_mean"] = {k: float(np.mean([row["personalized"][str(sd)][k] for sd in seeds]))
@@ -194,7 +196,8 @@ def main(argv=None) -> int:
 
     summary = summarize(rows, seeds)
     report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3},
-              "calibrate_on": args.calibrate_on, "preset": args.preset, "steps": args.steps, "seeds": seeds, "targets": rows, "mean": summary}
+              "calibrate_on": args.calibrate_on, "preset": args.preset, "steps": args.steps, "seeds": seeds,
+              "targets": rows, "mean": summary}
     (args.out / "personalization.json").write_text(json.dumps(report, indent=2))
     print_tables(rows, summary, seeds)
     print(f"\nwrote {args.out / 'personalization.json'}")

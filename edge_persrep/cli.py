@@ -48,7 +48,8 @@ def _add_diffusion_options(p) -> None:
     g.add_argument("--sd-model", default=None,
                    help="hub id or local diffusers folder (default stable-diffusion-v1-5/stable-diffusion-v1-5); "
                         "--offline reads only the local cache")
-    g.add_argument("--positives", type=int, help="positives to generate (default 450 for the Stable Diffusion methods, as the paper; "
+    g.add_argument("--positives", type=int,
+                   help="positives to generate (default 450 for the Stable Diffusion methods, as the paper; "
                         "the preset's for augment/cutpaste)")
     g.add_argument("--synth-negatives", type=int, help="negatives from the un-tuned model (default and paper 1000)")
     g.add_argument("--dreambooth", choices=DREAMBOOTH_MODES, help="LoRA (default; 8 GB GPUs) or full (paper)")
@@ -221,7 +222,8 @@ def cmd_synth(args) -> None:
     refuse_duplicates(photos)
     options = _diffusion_options(args, resolve_device(args.device))
     options.filter_backbone, options.filter_weights = args.backbone, args.weights
-    request = SynthRequest(photos=photos, category=args.category, out_dir=args.out, count=args.positives or DIFFUSION_POSITIVES,
+    request = SynthRequest(photos=photos, category=args.category, out_dir=args.out,
+                           count=args.positives or DIFFUSION_POSITIVES,
                            seed=args.seed, masks=match_masks(photos, args.masks) if args.masks else None,
                            diffusion=options)
     result = personalized_generation.generate(request, args.method)
@@ -371,7 +373,8 @@ def cmd_info(args) -> None:
     for name, r in (info["variants_rejected"] or {}).items():
         print(f"  variant {name}: REFUSED ({'; '.join(r['reasons'])})")
     for o in info["objects"]:
-        print(f"  object '{o['name']}' ({o['category'] or 'no category'}): {o['references']} photos, threshold {o['threshold']}")
+        print(f"  object '{o['name']}' ({o['category'] or 'no category'}): {o['references']} photos, "
+              f"threshold {o['threshold']}")
     if not info["objects"]:
         print("  no objects enrolled")
 

@@ -206,7 +206,8 @@ def personalize(photos: Sequence[str | Path], name: str, category: str, out: Pat
                                "category) or --others BUNDLE (objects already enrolled)")
     run_json = out / "run.json"
     if out.exists() and any(out.iterdir()) and not run_json.is_file() and not force:
-        raise EdgePersrepError(f"{out}: exists, is not empty and is not a run directory; choose another --out or pass --force")
+        raise EdgePersrepError(f"{out}: exists, is not empty and is not a run directory; choose another --out "
+                               "or pass --force")
     out.mkdir(parents=True, exist_ok=True)
 
     timings: dict[str, float] = {}
@@ -321,7 +322,9 @@ def _as_inputs(paths: Sequence[Path], size: int):
 
     from .runtime.images import resize_to_input
 
-    return np.stack([resize_to_input(load_image(p), size) for p in paths]) if paths else np.zeros((0, size, size, 3), "uint8")
+    if not paths:
+        return np.zeros((0, size, size, 3), "uint8")
+    return np.stack([resize_to_input(load_image(p), size) for p in paths])
 
 
 def run_calibration(run_dir: Path, size: int):
@@ -384,6 +387,7 @@ def export_pretrained(backbone: str, out: Path, weights: Path | None = None, for
     model = create_backbone(backbone, pretrained=True, weights=weights)
     export_bundle(model, out, [], {"personalized": False}, force=force)
     if variant_names(formats, precisions):
-        images, checks = folder_calibration(calibration, model.spec.preprocess.export_size) if calibration else (None, None)
+        size = model.spec.preprocess.export_size
+        images, checks = folder_calibration(calibration, size) if calibration else (None, None)
         add_variants(out, model, list(formats), list(precisions), images, checks, gate or Gate(), force_int8)
     return out

@@ -147,7 +147,8 @@ def test_read_only_output_directory_gives_one_line_and_keeps_the_store(tmp_path,
     shutil.copytree(personalized_run / "bundle", bundle)
     before = (bundle / "prototypes.npz").read_bytes()
     script = (f"mount --bind {tmp_path / 'ro'} {tmp_path / 'ro'} && mount -o remount,bind,ro {tmp_path / 'ro'} && "
-              f"{sys.executable} -m edge_persrep.cli enroll {bundle} {examples / 'heldout_others' / 'cat_00.jpg'} --name cat")
+              f"{sys.executable} -m edge_persrep.cli enroll {bundle} "
+              f"{examples / 'heldout_others' / 'cat_00.jpg'} --name cat")
     out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
     assert out.returncode == 2, out.stderr
     assert "Read-only file system" in out.stderr and len(out.stderr.strip().splitlines()) == 1
@@ -155,7 +156,8 @@ def test_read_only_output_directory_gives_one_line_and_keeps_the_store(tmp_path,
 
 
 def test_offline_flag_refuses_a_hub_backbone_with_what_to_do(tmp_path):
-    out = run_cli("--offline", "export", "--backbone", "dinov2_vits14", "--pretrained", "--out", tmp_path / "b", check=False)
+    out = run_cli("--offline", "export", "--backbone", "dinov2_vits14", "--pretrained", "--out", tmp_path / "b",
+                  check=False)
     assert out.returncode == 2 and "--weights FILE" in out.stderr and not (tmp_path / "b").exists()
 
 

@@ -26,7 +26,8 @@ def test_average_precision_matches_sklearn():
         scores = rng.random(40)
         labels = rng.random(40) < 0.3
         labels[0] = True
-        assert metrics.average_precision(scores, labels) == pytest.approx(sklearn.average_precision_score(labels, scores))
+        expected = sklearn.average_precision_score(labels, scores)
+        assert metrics.average_precision(scores, labels) == pytest.approx(expected)
         tied = np.round(scores, 1)  # about 10 distinct scores for 40 images: many ties
         assert metrics.average_precision(tied, labels) == pytest.approx(sklearn.average_precision_score(labels, tied))
         p, r, _ = sklearn.precision_recall_curve(labels, tied)

@@ -24,7 +24,8 @@ def example_photos(examples: Path | None) -> Path:
     from ..runtime.errors import EdgePersrepError
 
     root = examples if examples is not None else SOURCE_EXAMPLES
-    missing = [d for d in ("dog", "dog_heldout", "heldout_others", "negatives", "backgrounds") if not (root / d).is_dir()]
+    needed = ("dog", "dog_heldout", "heldout_others", "negatives", "backgrounds")
+    missing = [d for d in needed if not (root / d).is_dir()]
     if missing:
         raise EdgePersrepError(f"{root}: bench needs the sample photos ({', '.join(missing)} missing); pass "
                                "--examples DIR, e.g. examples/images of an edge-persrep checkout")
@@ -145,7 +146,8 @@ def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_ini
             add_variants(bundle, model, ["onnx", "ort"], ["fp32", "fp16", "int8"], calibration, checks, Gate(),
                          force_int8=True)
             manifest = json.loads((bundle / "bundle.json").read_text())
-            files = {"fp32": manifest["files"]["model"]["path"], **{k: v["path"] for k, v in manifest["variants"].items()}}
+            files = {"fp32": manifest["files"]["model"]["path"],
+                     **{k: v["path"] for k, v in manifest["variants"].items()}}
             x1, x8 = checks.all[:1], np.repeat(checks.all[:1], 8, axis=0)
             wrapper = ImageEmbedder(model).eval()
             with torch.inference_mode():

@@ -74,7 +74,8 @@ def hard_test_set(subjects: dict[str, Subject], n_refs: int = 3, seed: int = PRO
                                  {s.name: (px, py, px + side, py + side)}))
 
             same = [o.name for o in subjects.values() if o.category == s.category and o.name != s.name]
-            pool = same if len(same) >= 3 else same + [o.name for o in subjects.values() if o.name not in same + [s.name]]
+            others = [o.name for o in subjects.values() if o.name not in same + [s.name]]
+            pool = same if len(same) >= 3 else same + others
             fillers = rng.sample(pool, 3) if len(same) >= 3 else same + rng.sample(pool[len(same):], 3 - len(same))
             cells = [s.name] + fillers
             rng.shuffle(cells)
@@ -160,7 +161,8 @@ def disjoint_test_set(subjects: dict[str, Subject], split: IdentitySplit, n_refs
             side = int(SIDE * rng.uniform(0.3, 0.45))
             px, py = rng.randint(0, SIDE - side), rng.randint(0, SIDE - side)
             backdrop.paste(_square(photo, side), (px, py))
-            out.append(TestImage(backdrop, {name, backdrop_owner}, "small", source, {name: (px, py, px + side, py + side)}))
+            out.append(TestImage(backdrop, {name, backdrop_owner}, "small", source,
+                                 {name: (px, py, px + side, py + side)}))
             for n in (2, 3):
                 pool = same + rng.sample(other, len(other))
                 fillers = pool[: n * n - 1]

@@ -75,10 +75,12 @@ def load_pods(root: Path) -> EvalSet:
         if "," in line:
             name, category = line.strip().split(",", 1)
             masks = root / name / "masks" / "train"
-            objects.append(EvalObject(name, category, list_images([root / name / "train"]), masks if masks.is_dir() else None))
+            objects.append(EvalObject(name, category, list_images([root / name / "train"]),
+                                      masks if masks.is_dir() else None))
     tests = []
     for e in json.loads(notes.read_text())["images"]:
-        inst = {n: {"box": v.get("box"), "mask": root / v["mask"] if v.get("mask") else None} for n, v in e["instances"].items()}
+        inst = {n: {"box": v.get("box"), "mask": root / v["mask"] if v.get("mask") else None}
+                for n, v in e["instances"].items()}
         tests.append(TestItem(root / e["file"], e["split"], e["object"], inst))
     return EvalSet("pods", objects, tests)
 
@@ -123,7 +125,8 @@ def _masks(obj: EvalObject) -> list[np.ndarray] | None:
 
 
 def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gallery, gallery_owner, examples) -> dict:
-    store = PrototypeStore(finder.bundle.model_sha256, finder.bundle.layout.embedding_dim, finder.bundle.layout.grid_dim)
+    layout = finder.bundle.layout
+    store = PrototypeStore(finder.bundle.model_sha256, layout.embedding_dim, layout.grid_dim)
     finder.store = store
     store.add(finder.make_prototype(obj.name, obj.train, obj.category, masks=_masks(obj)))
     proto = store.objects[obj.name]
@@ -139,7 +142,8 @@ def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gall
         if not any(labels):
             continue
         scores = [float((proto.embeddings @ feats[i].embedding).max()) for i in idx]
-        r = {"classification_ap": metrics.average_precision(scores, labels), "classification_f1": metrics.best_f1(scores, labels)}
+        r = {"classification_ap": metrics.average_precision(scores, labels),
+             "classification_f1": metrics.best_f1(scores, labels)}
         queries = [i for i in idx if evalset.tests[i].main == obj.name]
         ranked = []
         for i in queries:
@@ -225,7 +229,8 @@ def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, ste
             timings[f"personalize_{method}_{obj.name}_s"] = round(time.time() - started, 1)
             started = time.time()
             finder, feats, gallery = features(bundle)
-            results[method][obj.name] = _score_object(finder, obj, evalset, feats, gallery, gallery_owner, examples[method])
+            results[method][obj.name] = _score_object(finder, obj, evalset, feats, gallery, gallery_owner,
+                                                      examples[method])
             timings[f"eval_{method}_{obj.name}_s"] = round(time.time() - started, 1)
     return {"layout": evalset.layout, "backbone": backbone, "methods": methods, "preset": preset, "steps": steps,
             "objects": [o.name for o in chosen], "splits": sorted({t.split for t in evalset.tests}),

@@ -1,8 +1,8 @@
 """The personalization alone: a peft LoRA adapter folder (safetensors), a few MB instead of the
 whole model, plus what it must be applied to (base backbone, weight source and its sha256).
 
-Load it with `BackboneSource(...).build()` (the base recorded here) + `contrastive.load_adapter(backbone, folder)`: the merged
-model is the one the run exported. The folder also holds the same LoRA in ONNX Runtime's adapter
+Load it with `BackboneSource(...).build()` (the base recorded here) +
+`contrastive.load_adapter(backbone, folder)`: the merged model is the one the run exported. The folder also holds the same LoRA in ONNX Runtime's adapter
 format (`object.onnx_adapter`) and the base graph it plugs into (`lora_base.onnx`, identical for
 every object trained with the same backbone and LoRA config): one session serves every object,
 switched per run (see ort_lora.py).
@@ -23,7 +23,8 @@ from ..server_side.backbones import BackboneSource, get_spec
 def export_adapter(run_dir: Path, out: Path) -> Path:
     source = run_dir / "train" / "adapter"
     if not (source / "adapter_config.json").is_file():
-        raise EdgePersrepError(f"{run_dir}: no trained adapter (train/adapter/adapter_config.json); run personalize first")
+        raise EdgePersrepError(f"{run_dir}: no trained adapter (train/adapter/adapter_config.json); "
+                               "run personalize first")
     if out.exists() and any(out.iterdir()) and not (out / "adapter_info.json").is_file():
         raise EdgePersrepError(f"{out}: exists, is not empty and is not an adapter folder; choose another --out")
     record = json.loads((run_dir / "run.json").read_text())
@@ -36,10 +37,12 @@ def export_adapter(run_dir: Path, out: Path) -> Path:
     from .ort_lora import export_lora_adapter, export_lora_base
 
     export_lora_base(source_backbone, source, staging / "lora_base.onnx", spec.preprocess.export_size)
-    ort_adapter = export_lora_adapter(source_backbone, source, staging / "lora_base.onnx", staging / "object.onnx_adapter")
+    ort_adapter = export_lora_adapter(source_backbone, source, staging / "lora_base.onnx",
+                                      staging / "object.onnx_adapter")
     atomic_write_json(staging / "adapter_info.json", {
         "object": record["name"], "category": record.get("category", ""),
-        "base": {"backbone": spec.name, "timm_name": spec.timm_name, "weights": source_backbone.weights_file or spec.weights_package or spec.hub_id,
+        "base": {"backbone": spec.name, "timm_name": spec.timm_name,
+                 "weights": source_backbone.weights_file or spec.weights_package or spec.hub_id,
                  "weights_sha256": source_backbone.weights_sha256},
         "files": {n: sha256_file(staging / n) for n in ("adapter_config.json", "adapter_model.safetensors",
                                                         "lora_base.onnx", "object.onnx_adapter")},

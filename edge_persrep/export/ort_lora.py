@@ -58,12 +58,14 @@ def export_lora_base(base: BackboneSource, adapter_dir: Path, path: Path, size: 
             raise EdgePersrepError(f"{adapter_dir}: the exported graph has no LoRA parameters to expose")
         expected = sum(LORA_MARK in n for n, _ in backbone.named_parameters())
         if len(names) != expected:
-            raise EdgePersrepError(f"LoRA graph export kept {len(names)} of {expected} LoRA tensors as named initializers")
+            raise EdgePersrepError(f"LoRA graph export kept {len(names)} of {expected} LoRA tensors as named "
+                                   "initializers")
         for init in model.graph.initializer:
             if init.name in names:  # stored as zeros (= the pretrained model), declared overridable
                 zeros = np.zeros(numpy_helper.to_array(init).shape, np.float32)
                 init.CopyFrom(numpy_helper.from_array(zeros, init.name))
-                model.graph.input.append(helper.make_tensor_value_info(init.name, onnx.TensorProto.FLOAT, list(zeros.shape)))
+                value_info = helper.make_tensor_value_info(init.name, onnx.TensorProto.FLOAT, list(zeros.shape))
+                model.graph.input.append(value_info)
         exposed = Path(tmp) / "exposed.onnx"
         onnx.save(model, str(exposed))
         finish_graph(exposed, path)  # overridable initializers are not folded away

@@ -209,8 +209,9 @@ class Finder:
     def _box_pooled(features: ImageFeatures, box: tuple[int, int, int, int]) -> np.ndarray:
         h, w, _ = features.grid.shape
         x0, y0, x1, y1 = box
-        gx0, gx1 = int(x0 * w / features.width), max(int(np.ceil(x1 * w / features.width)), int(x0 * w / features.width) + 1)
-        gy0, gy1 = int(y0 * h / features.height), max(int(np.ceil(y1 * h / features.height)), int(y0 * h / features.height) + 1)
+        gx0, gy0 = int(x0 * w / features.width), int(y0 * h / features.height)
+        gx1 = max(int(np.ceil(x1 * w / features.width)), gx0 + 1)
+        gy1 = max(int(np.ceil(y1 * h / features.height)), gy0 + 1)
         return dense.l2_normalize(features.grid[gy0:gy1, gx0:gx1].reshape(-1, features.grid.shape[2]).mean(axis=0))
 
     # --- enrolment ----------------------------------------------------------------------------
@@ -320,7 +321,8 @@ def overlay(photo: Image.Image, match: Match, path: Path) -> Path:
     canvas = photo.convert("RGB").copy()
     if match.mask is not None and match.mask.any():
         tint = Image.new("RGB", canvas.size, (255, 40, 40))
-        canvas = Image.composite(Image.blend(canvas, tint, 0.45), canvas, Image.fromarray(match.mask.astype(np.uint8) * 255))
+        where = Image.fromarray(match.mask.astype(np.uint8) * 255)
+        canvas = Image.composite(Image.blend(canvas, tint, 0.45), canvas, where)
     if match.box is not None:
         ImageDraw.Draw(canvas).rectangle(match.box, outline=(40, 255, 40), width=max(2, canvas.width // 200))
     canvas.save(path)
