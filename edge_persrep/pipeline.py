@@ -76,13 +76,18 @@ DIFFUSION_POSITIVES = 450  # paper: ~450 generated positives per object, whateve
 ENROLL_GENERATED_NEGATIVES = 32  # at most this many generated negatives are held out of training to calibrate
 
 
+def _same_json(a, b) -> bool:
+    """Equal as they read back from JSON (tuples are lists there, dict order does not count)."""
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
 def _refuse_other_settings(out: Path, record: dict, force: bool) -> None:
     """A rerun resumes only a run made with the same settings; `--force` starts it over instead."""
     run_json = out / "run.json"
     if not run_json.is_file():
         return
     old = json.loads(run_json.read_text())
-    changed = [k for k in RESUME_KEYS if json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(record[k]))]
+    changed = [k for k in RESUME_KEYS if not _same_json(old.get(k), record[k])]
     if not changed:
         return
     if not force:
@@ -279,8 +284,7 @@ def _finished_bundle(bundle_dir: Path, name: str, training: dict) -> bool:
         finder = Finder.open(bundle_dir)
     except EdgePersrepError:
         return False  # half-written or damaged: export again
-    same_model = json.loads(json.dumps(finder.bundle.manifest.get("training"))) == json.loads(json.dumps(training))
-    return same_model and name in finder.store.objects
+    return _same_json(finder.bundle.manifest.get("training"), training) and name in finder.store.objects
 
 
 def _training_and_calibration(negatives: list[Path], calibration: list[Path], generated: Sequence[Path],
@@ -289,9 +293,9 @@ def _training_and_calibration(negatives: list[Path], calibration: list[Path], ge
     `held-out`: the user's held-out ones + a few held-out generated ones; with nothing held out (too
     few negatives) enrolment calibrates on the training negatives, as the run's record says.
     `training`: the user's negatives + the first generated ones, all also trained against."""
-    kept, held = generated_holdout(len(generated), ENROLL_GENERATED_NEGATIVES, calibrate_on == "held-out")
     if calibrate_on == "training":
-        return negatives + [generated[i] for i in kept], negatives + [generated[i] for i in held]
+        return negatives + list(generated), negatives + list(generated[:ENROLL_GENERATED_NEGATIVES])
+    kept, held = generated_holdout(len(generated), ENROLL_GENERATED_NEGATIVES)
     train_negatives = negatives + [generated[i] for i in kept]
     enroll_negatives = calibration + [generated[i] for i in held]
     return train_negatives, enroll_negatives or train_negatives

@@ -2,10 +2,10 @@
 whole model, plus what it must be applied to (base backbone, weight source and its sha256).
 
 Load it with `BackboneSource(...).build()` (the base recorded here) +
-`contrastive.load_adapter(backbone, folder)`: the merged model is the one the run exported. The folder also holds the same LoRA in ONNX Runtime's adapter
-format (`object.onnx_adapter`) and the base graph it plugs into (`lora_base.onnx`, identical for
-every object trained with the same backbone and LoRA config): one session serves every object,
-switched per run (see ort_lora.py).
+`contrastive.load_adapter(backbone, folder)`: the merged model is the one the run exported. The
+folder also holds the same LoRA in ONNX Runtime's adapter format (`object.onnx_adapter`) and the
+base graph it plugs into (`lora_base.onnx`, identical for every object trained with the same
+backbone and LoRA config): one session serves every object, switched per run (see ort_lora.py).
 """
 
 from __future__ import annotations

@@ -75,12 +75,9 @@ def split_for_calibration(identities: Sequence[str], hardness: Sequence[float]) 
     return CalibrationSplit(train, calibration, unit)
 
 
-def generated_holdout(n: int, limit: int, hold_out: bool = True) -> tuple[list[int], list[int]]:
+def generated_holdout(n: int, limit: int) -> tuple[list[int], list[int]]:
     """Generated negatives are alike by construction: every HOLDOUT_EVERY-th from the second on
-    (at most `limit`) calibrates, the rest train. Without `hold_out` all train and the first
-    `limit` also calibrate. Returns (train, calibration) indices."""
-    if not hold_out:
-        return list(range(n)), list(range(min(n, limit)))
+    (at most `limit`) calibrates, the rest train. Returns (train, calibration) indices."""
     calibration = list(range(1, n, HOLDOUT_EVERY))[:limit] if n >= MIN_UNITS else []
     held = set(calibration)
     return [i for i in range(n) if i not in held], calibration

@@ -16,8 +16,6 @@ from ..options import SCHEDULER_STEPS
 from .base import SynthRequest, SynthResult, image_file, image_seed, merge_shards, run_generator
 from .sd_models import StableDiffusion
 
-SCHEDULERS = SCHEDULER_STEPS
-
 
 @dataclass
 class SamplingConfig:
@@ -27,10 +25,10 @@ class SamplingConfig:
     batch_size: int = 8
 
     def __post_init__(self):
-        if self.scheduler not in SCHEDULERS:
-            raise EdgePersrepError(f"unknown scheduler '{self.scheduler}'; choose one of: {', '.join(SCHEDULERS)}")
+        if self.scheduler not in SCHEDULER_STEPS:
+            raise EdgePersrepError(f"unknown scheduler '{self.scheduler}'; choose one of: {', '.join(SCHEDULER_STEPS)}")
         if self.steps is None:
-            self.steps = SCHEDULERS[self.scheduler]
+            self.steps = SCHEDULER_STEPS[self.scheduler]
         if self.steps < 1 or self.batch_size < 1:
             raise EdgePersrepError("sampling steps and batch size must be at least 1")
 
