@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     def bundle_case(name: str, mutate, command=("info",)) -> None:
         b = bundle()
         mutate(b)
-        rows.append((f"bundle: {name}", *cli(*command, b, *([EXAMPLES / "dog_heldout"] if command == ("find",) else []))))
+        photos = [EXAMPLES / "dog_heldout"] if command == ("find",) else []
+        rows.append((f"bundle: {name}", *cli(*command, b, *photos)))
 
     def edit(fn):
         def apply(b):
@@ -146,16 +147,18 @@ def main(argv=None) -> int:
     bundle_case("corrupt prototype store", lambda b: (b / "prototypes.npz").write_bytes(b"PK\x03\x04junk"), ("find",))
     bundle_case("bundle.json: wrong type", edit(lambda m: m["input"].update(size="320")))
     bundle_case("bundle.json: extra nesting", edit(lambda m: m["files"].update(model={"path": {"p": "model.onnx"}})))
-    bundle_case("bundle.json: path ../../etc/passwd", edit(lambda m: m["files"]["model"].update(path="../../etc/passwd")))
+    bundle_case("bundle.json: path ../../etc/passwd",
+                edit(lambda m: m["files"]["model"].update(path="../../etc/passwd")))
     bundle_case("bundle.json: not JSON", lambda b: (b / "bundle.json").write_text("{oops"))
 
     foreign = tmp / "foreign"
     foreign.mkdir()
     (foreign / "thesis.docx").write_text("precious")
-    rows.append(("cli: unknown backbone", *cli("export", "--backbone", "resnet9000", "--pretrained", "--out", tmp / "x")))
-    rows.append(("cli: --device cuda without CUDA", *cli("personalize", EXAMPLES / "dog", "--name", "x", "--category",
-                                                         "dog", "--out", tmp / "cu", "--negatives", EXAMPLES / "negatives",
-                                                         "--device", "cuda")))
+    rows.append(("cli: unknown backbone",
+                 *cli("export", "--backbone", "resnet9000", "--pretrained", "--out", tmp / "x")))
+    rows.append(("cli: --device cuda without CUDA",
+                 *cli("personalize", EXAMPLES / "dog", "--name", "x", "--category", "dog", "--out", tmp / "cu",
+                      "--negatives", EXAMPLES / "negatives", "--device", "cuda")))
     rows.append(("cli: output directory exists and is not ours",
                  *cli("export", "--backbone", "efficientnet_lite0", "--pretrained", "--out", foreign)))
     assert (foreign / "thesis.docx").read_text() == "precious"
@@ -165,8 +168,8 @@ def main(argv=None) -> int:
     for name, code, message in rows:
         print(f"| {name} | {code} | {message.replace(str(tmp), '$TMP').replace('|', '/')} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps([{"input": n, "exit": c, "message": m.replace(str(tmp), "$TMP")} for n, c, m in rows],
-                                   indent=2))
+    table = [{"input": n, "exit": c, "message": m.replace(str(tmp), "$TMP")} for n, c, m in rows]
+    args.out.write_text(json.dumps(table, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -48,8 +48,8 @@ def main(argv=None) -> int:
             continue
         references = [load_image(p) for p in subject.photos[:3]]
         candidates = {"faithful": subject.photos[3:],
-                      "wrong identity": [p for o in subjects.values() if o.name != name and o.category == subject.category
-                                         for p in o.photos],
+                      "wrong identity": [p for o in subjects.values()
+                                         if o.name != name and o.category == subject.category for p in o.photos],
                       "other category": [p for o in subjects.values() if o.category != subject.category
                                          for p in o.photos[:1]]}
         for group, paths in candidates.items():

@@ -25,7 +25,7 @@ import numpy as np
 
 from edge_persrep.export.onnx_export import cosines
 from edge_persrep.export.precision import to_int8
-from edge_persrep.pipeline import run_calibration
+from edge_persrep.pipeline import RunDir
 from edge_persrep.runtime.bundle import SESSION_CONFIG, make_session
 
 
@@ -45,13 +45,14 @@ def _cpu_flags() -> str:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return "unknown"
-    return ",".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags) or "none of avx2/avx512/vnni"
+    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    return ",".join(found) or "none of avx2/avx512/vnni"
 
 
 def measure_run(run: Path, repeats: int) -> dict:
     fp32 = run / "bundle" / "model.onnx"
     size = json.loads((run / "bundle" / "bundle.json").read_text())["input"]["size"]
-    calibration, checks = run_calibration(run, size)
+    calibration, checks = RunDir(run).int8_calibration(size)
     images = checks.all
     with tempfile.TemporaryDirectory() as tmp:
         int8 = Path(tmp) / "model.int8.onnx"

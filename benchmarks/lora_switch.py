@@ -57,7 +57,8 @@ def main(argv=None) -> int:
             options.add_active_adapter(adapters[k])
             return base.run(["embedding"], {"image": x}, options)[0]
 
-        cosines = [float(np.sum(run_adapter(k) * merged[k].run(["embedding"], {"image": x})[0])) for k in range(len(args.runs))]
+        cosines = [float(np.sum(run_adapter(k) * merged[k].run(["embedding"], {"image": x})[0]))
+                   for k in range(len(args.runs))]
         for _ in range(3):
             run_adapter(0)
             merged[0].run(None, {"image": x})

@@ -46,7 +46,7 @@ from edge_persrep.eval.protocols import (
     lookalike_targets,
     write_negatives,
 )
-from edge_persrep.pipeline import enrolment_negatives, export_pretrained, personalize
+from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
 from edge_persrep.runtime.images import load_image
 from edge_persrep.runtime.metrics import average_precision, box_iou, point_in_box
@@ -175,14 +175,15 @@ def main(argv=None) -> int:
                "personalized": {}, "personalize_seconds": {}}
         for seed in seeds:
             started = time.time()
-            bundle = personalize(s.photos[:3], target, s.category, args.out / "runs" / f"{target}-seed{seed}",
-                                 negatives=[negatives], preset=args.preset, steps=args.steps, seed=seed, device="cpu",
-                                 calibrate_on=args.calibrate_on)
+            bundle = personalize(PersonalizeRequest(
+                s.photos[:3], target, s.category, args.out / "runs" / f"{target}-seed{seed}", negatives=[negatives],
+                preset=args.preset, steps=args.steps, seed=seed, device="cpu", calibrate_on=args.calibrate_on))
             row["personalize_seconds"][str(seed)] = round(time.time() - started, 1)
-            run_dir = bundle.parent
-            calibration = enrolment_negatives(run_dir)
+            run = RunDir(bundle.parent)
+            record = run.read()
+            calibration = run.enrolment_negatives(record)
             row["personalized"][str(seed)] = evaluate(bundle, target, subjects, split, test, calibration)
-            row.setdefault("calibration", json.loads((run_dir / "run.json").read_text())["calibration"])
+            row.setdefault("calibration", record["calibration"])
         if seeds:
             row["personalized_mean"] = {k: float(np.mean([row["personalized"][str(sd)][k] for sd in seeds]))
                                         for k in METRICS}

@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 
 from .runtime.errors import EdgePersrepError
-from .server_side.options import CALIBRATE_ON, DEFAULT_BACKBONE, DIFFUSION_PRECISIONS, DREAMBOOTH_MODES, SCHEDULER_STEPS
+from .server_side.options import (
+    CALIBRATE_ON,
+    DEFAULT_BACKBONE,
+    DEFAULT_PRESET,
+    DEFAULT_SYNTH,
+    DIFFUSION_PRECISIONS,
+    DREAMBOOTH_MODES,
+    SCHEDULER_STEPS,
+)
 
 
 def _add_personalize(sub) -> None:
@@ -23,7 +31,7 @@ def _add_personalize(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="run directory (resumable; bundle in OUT/bundle)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors or state dict)")
-    p.add_argument("--synth", default="augment",
+    p.add_argument("--synth", default=DEFAULT_SYNTH,
                    help="augment | cutpaste | dreambooth | masked-dreambooth | combined (the last three run "
                         "Stable Diffusion: a GPU machine, see --sd-model)")
     p.add_argument("--synth-data", type=Path, help="use a finished `edge-persrep synth` output instead of generating")
@@ -35,7 +43,7 @@ def _add_personalize(sub) -> None:
                         "or whole look-alikes (NAME_*.jpg) held out of training")
     p.add_argument("--masks", type=Path, help="folder of object masks named like the photos (cutpaste)")
     p.add_argument("--backgrounds", type=Path, help="folder of background photos for cutpaste")
-    p.add_argument("--preset", default="quick", help="quick (CPU, minutes) | paper (the paper's recipe)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help="quick (CPU, minutes) | paper (the paper's recipe)")
     p.add_argument("--steps", type=int, help="override the preset's number of training steps")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
@@ -74,7 +82,8 @@ def _add_diffusion_options(p) -> None:
                         "photos (default: paper's 0.6, 0.55 for animals; -1 keeps everything)")
 
 
-def _diffusion_options(args, device: str = "cpu"):
+def _diffusion_options(args, **resolved):
+    """DiffusionOptions from the options the user gave (+ `resolved`: device, filter backbone)."""
     from .server_side.synth.dreambooth import DreamBoothConfig
     from .server_side.synth.personalized_generation import DiffusionOptions
     from .server_side.synth.sampling import SamplingConfig
@@ -88,7 +97,7 @@ def _diffusion_options(args, device: str = "cpu"):
                                          batch_size="sample_batch")),
         **_given(args, sd_model="sd_model", negatives="synth_negatives", backgrounds="scenes", prompts_file="prompts",
                  min_similarity="min_similarity"),
-        device=device)
+        **resolved)
 
 
 def _given(args, **fields: str) -> dict:
@@ -131,6 +140,9 @@ def _add_export(sub) -> None:
     p.add_argument("--min-cosine", type=float, help="gate: min embedding cosine vs fp32 (default 0.99)")
     p.add_argument("--max-ap-drop", type=float, help="gate: max classification AP drop vs fp32 (default 0.01)")
     p.add_argument("--min-grid-cosine", type=float, help="gate: min mean patch-grid cosine vs fp32 (default 0.95)")
+    p.add_argument("--input-size", type=int,
+                   help="the model's input side (default the backbone's, 320 for Lite: a 10x10 patch grid); "
+                        "Lite takes any multiple of 32, e.g. 448 for a 14x14 grid (benchmarks/dense_grid.py)")
     p = sub.add_parser("export-adapter", help="the LoRA adapter alone (peft format, small)")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", required=True, type=Path)
@@ -200,14 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_personalize(args) -> None:
-    from .pipeline import personalize, resolve_device
+    from .pipeline import PersonalizeRequest, personalize
 
-    bundle = personalize(args.images, args.name, args.category, args.out, backbone=args.backbone,
-                         synth_method=args.synth, negatives=args.negatives, masks=args.masks,
-                         backgrounds=args.backgrounds, others=args.others, preset=args.preset, device=args.device,
-                         seed=args.seed, weights=args.weights, steps=args.steps, force=args.force,
-                         diffusion=_diffusion_options(args, resolve_device(args.device)), positives=args.positives,
-                         synth_data=args.synth_data, calibrate_on=args.calibrate_on or CALIBRATE_ON[0])
+    request = PersonalizeRequest(args.images, args.name, args.category, args.out, negatives=args.negatives,
+                                 others=args.others, backbone=args.backbone, weights=args.weights,
+                                 synth_method=args.synth, synth_data=args.synth_data, masks=args.masks,
+                                 backgrounds=args.backgrounds, diffusion=_diffusion_options(args),
+                                 positives=args.positives, preset=args.preset, steps=args.steps, device=args.device,
+                                 seed=args.seed, force=args.force, **_given(args, calibrate_on="calibrate_on"))
+    bundle = personalize(request)
     print(f"personalized '{args.name}': bundle at {bundle}")
 
 
@@ -220,8 +233,8 @@ def cmd_synth(args) -> None:
 
     photos = list_images(args.images)
     refuse_duplicates(photos)
-    options = _diffusion_options(args, resolve_device(args.device))
-    options.filter_backbone, options.filter_weights = args.backbone, args.weights
+    options = _diffusion_options(args, device=resolve_device(args.device), filter_backbone=args.backbone,
+                                 filter_weights=args.weights)
     request = SynthRequest(photos=photos, category=args.category, out_dir=args.out,
                            count=args.positives or DIFFUSION_POSITIVES,
                            seed=args.seed, masks=match_masks(photos, args.masks) if args.masks else None,
@@ -247,7 +260,8 @@ def cmd_export(args) -> None:
     options = dict(formats=parse_list(args.format, FORMATS, "format"),
                    precisions=parse_list(args.precision, PRECISIONS, "precision"), force_int8=args.force_int8,
                    gate=Gate.with_overrides(min_cosine=args.min_cosine, max_ap_drop=args.max_ap_drop,
-                                            min_grid_cosine=args.min_grid_cosine), force=args.force)
+                                            min_grid_cosine=args.min_grid_cosine), force=args.force,
+                   size=args.input_size)
     if args.pretrained:
         if not args.backbone:
             raise EdgePersrepError("export --pretrained needs --backbone NAME")
@@ -407,7 +421,7 @@ def cmd_eval(args) -> None:
     methods = [m for m in args.synth.split(",") if m]
     diffusion = None
     if set(methods) & set(DIFFUSION_METHODS):
-        diffusion = _diffusion_options(args, resolve_device("auto"))
+        diffusion = _diffusion_options(args, device=resolve_device("auto"))
     report = evaluate(evalset, args.backbone, methods, args.out, steps=steps, only=only, diffusion=diffusion)
     page = write_report(report, args.out)
     print(json.dumps(report["summary"], indent=1))

@@ -56,7 +56,8 @@ def bundle_copy(pretrained_bundle, tmp_path) -> Path:
     return dst
 
 
-def paste_scene(photo: Image.Image, background: Image.Image, box: tuple[int, int, int, int], side: int = 384) -> Image.Image:
+def paste_scene(photo: Image.Image, background: Image.Image, box: tuple[int, int, int, int],
+                side: int = 384) -> Image.Image:
     scene = background.convert("RGB").resize((side, side))
     x0, y0, x1, y1 = box
     scene.paste(photo.convert("RGB").resize((x1 - x0, y1 - y0)), (x0, y0))

@@ -30,8 +30,10 @@ def test_lite0_real_weights_recognise_a_dog(examples):
     assert int(probs.argmax()) in DOG_CLASSES and float(probs.max()) > 0.5
 
 
-@pytest.mark.parametrize("name,dim,grid", [("dinov2_vits14", 768, (16, 16, 384)), ("clip_vitb16", 1536, (14, 14, 768)),
-                                           ("mae_vitb16", 1536, (14, 14, 768)), ("efficientnet_lite2", 1280, (7, 7, 1280))])
+@pytest.mark.parametrize("name,dim,grid", [("dinov2_vits14", 768, (16, 16, 384)),
+                                           ("clip_vitb16", 1536, (14, 14, 768)),
+                                           ("mae_vitb16", 1536, (14, 14, 768)),
+                                           ("efficientnet_lite2", 1280, (7, 7, 1280))])
 def test_random_init_backbones_give_documented_features(name, dim, grid):
     backbone = create_backbone(name, pretrained=name.startswith("efficientnet"))
     with torch.no_grad():

@@ -119,7 +119,8 @@ def test_failed_save_leaves_the_old_store(tmp_path, monkeypatch):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+                    lambda children: (st.lists(children, max_size=4)
+                                      | st.dictionaries(st.text(max_size=12), children, max_size=5)),
                     max_leaves=20))
 def test_fuzzed_manifest_only_loads_or_raises_bundle_error(tmp_path_factory, doc):
     root = tmp_path_factory.mktemp("fuzz")
@@ -146,7 +147,8 @@ def test_fuzzed_store_bytes_only_load_or_raise_store_error(tmp_path_factory, dat
                                         "arrays_sha256"]),
                        st.none() | st.integers(-2, 5) | st.text(max_size=8) | st.lists(st.dictionaries(
                            st.sampled_from(["name", "category", "threshold", "photos"]),
-                           st.none() | st.integers(-1, 3) | st.text(max_size=5) | st.floats(allow_nan=False)), max_size=2)))
+                           st.none() | st.integers(-1, 3) | st.text(max_size=5) | st.floats(allow_nan=False)),
+                 max_size=2)))
 def test_fuzzed_store_metadata_only_loads_or_raises_store_error(tmp_path_factory, meta):
     import io
 

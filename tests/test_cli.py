@@ -70,6 +70,24 @@ def test_export_run_and_pretrained(personalized_run, tmp_path):
     assert [o["name"] for o in info["objects"]] == ["my_dog"]
 
 
+def test_export_at_a_larger_input_size_gives_a_finer_grid_and_still_finds(personalized_run, examples, tmp_path):
+    """`export RUN --input-size 448`: a 14x14 patch grid (not 10x10), the object re-enrolled at that
+    size and still found in its held-out photos; a size the backbone cannot take is refused."""
+    run_cli("export", personalized_run, "--out", tmp_path / "fine", "--input-size", "448")
+    manifest = json.loads((tmp_path / "fine" / "bundle.json").read_text())
+    grid = manifest["outputs"]["patch_grid"]
+    assert manifest["input"]["size"] == 448 and (grid["height"], grid["width"], grid["stride"]) == (14, 14, 32)
+    out = run_cli("find", tmp_path / "fine", examples / "dog_heldout", examples / "heldout_others", "--task", "detect",
+                  "--json")
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    results = {line["image"].split("/")[-1]: line["results"][0] for line in lines}
+    assert min(results["03.jpg"]["score"], results["04.jpg"]["score"]) > results["cat_00.jpg"]["score"]
+    assert all((r["box"] is not None) == r["present"] for r in results.values())
+    refused = run_cli("export", personalized_run, "--out", tmp_path / "odd", "--input-size", "300", check=False)
+    assert refused.returncode == 2 and "--input-size 300: use a multiple of 32" in refused.stderr
+    assert not (tmp_path / "odd").exists()
+
+
 def test_rerun_redoes_no_finished_stage(personalized_run, examples):
     """A rerun of a finished run trains, synthesises, exports and enrols nothing again."""
     watched = [personalized_run / "train" / "loss.json", personalized_run / "synth" / "manifest.json",

@@ -135,6 +135,23 @@ def test_masked_training_uses_the_masks(tiny_sd, examples, tmp_path):
     assert losses[0][0][0] != losses[1][0][0]  # same seed, same draws: only the mask differs
 
 
+def test_a_mask_covering_everything_trains_exactly_like_no_mask(tiny_sd, examples, tmp_path):
+    """The masked path changes nothing but what the mask excludes: an all-object mask gives the
+    unmasked run's losses and LoRA weights. (The converse, "a different background gives the same
+    weights", does not hold: the UNet sees the whole noisy latent, so the background reaches the
+    object's predictions through its receptive field; only the loss ignores it.)"""
+    photos = _photos(examples)
+    config = dreambooth.DreamBoothConfig(steps=3, class_images=0, prior_weight=0.0)
+    plain, masked = sd_models.load_sd(tiny_sd), sd_models.load_sd(tiny_sd)
+    dreambooth.fine_tune(plain, photos, [], "dog", config, tmp_path / "plain")
+    everything = [np.ones((p.height, p.width), bool) for p in photos]
+    dreambooth.fine_tune(masked, photos, [], "dog", config, tmp_path / "masked", masks=everything)
+    losses = [json.loads((tmp_path / d / "loss.json").read_text())["loss"] for d in ("plain", "masked")]
+    assert losses[0] == losses[1]
+    weights = [{n: p for n, p in sd.unet.named_parameters() if "lora" in n} for sd in (plain, masked)]
+    assert weights[0] and all(torch.equal(p, weights[1][n]) for n, p in weights[0].items())
+
+
 def _as_stored(image):
     """An image as the sampler stores it (JPEG quality 92), decoded."""
     from io import BytesIO

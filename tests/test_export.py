@@ -41,7 +41,8 @@ def test_manifest_records_how_the_bundle_was_made(pretrained_bundle):
     assert {"torch", "onnxruntime", "edge_persrep"} <= set(m["versions"])
 
 
-@pytest.mark.parametrize("name,emb,grid", [("dinov2_vits14", (768,), (16, 16, 384)), ("clip_vitb16", (1536,), (14, 14, 768))])
+@pytest.mark.parametrize("name,emb,grid", [("dinov2_vits14", (768,), (16, 16, 384)),
+                                           ("clip_vitb16", (1536,), (14, 14, 768))])
 def test_vit_export_has_no_resize_and_matches_torch(tmp_path, name, emb, grid):
     backbone = create_backbone(name, pretrained=False)
     check = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)

@@ -102,8 +102,8 @@ def test_classify_many_objects_equals_per_object_max(finder, examples):
         k = 1 + i % 4
         emb = rng.normal(size=(k, 1280)).astype(np.float32)
         box = rng.normal(size=(k, 1280)).astype(np.float32)
-        store.add(Prototype(f"o{i}", "", emb / np.linalg.norm(emb, axis=1, keepdims=True), np.ones((k, 1280), np.float32),
-                            box / np.linalg.norm(box, axis=1, keepdims=True), 0.0))
+        store.add(Prototype(f"o{i}", "", emb / np.linalg.norm(emb, axis=1, keepdims=True),
+                            np.ones((k, 1280), np.float32), box / np.linalg.norm(box, axis=1, keepdims=True), 0.0))
     many = Finder(finder.bundle, store)
     (features,) = many.embed([examples / "dog" / "00.jpg"])
     windows = [features.grid[y0:y1, x0:x1].reshape(-1, 1280).mean(axis=0)  # every window, by brute force

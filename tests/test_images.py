@@ -47,7 +47,8 @@ def test_png_bomb_is_refused_before_decoding(tmp_path):
 @pytest.mark.parametrize("mode", ["RGBA", "L", "CMYK", "I;16", "P", "LA"])
 def test_unusual_modes_become_rgb(tmp_path, mode):
     base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), np.uint8))
-    im = base.convert(mode) if mode != "I;16" else Image.fromarray((np.arange(32 * 48).reshape(32, 48) * 40).astype(np.uint16))
+    ramp = (np.arange(32 * 48).reshape(32, 48) * 40).astype(np.uint16)
+    im = base.convert(mode) if mode != "I;16" else Image.fromarray(ramp)
     path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
     if mode == "CMYK":
         path = tmp_path / "x.jpg"

@@ -55,7 +55,7 @@ def test_held_out_run_calibrates_on_identities_it_did_not_train_on(examples, tmp
     pytest.importorskip("torch")
     from conftest import run_cli
 
-    from edge_persrep.pipeline import enrolment_negatives
+    from edge_persrep.pipeline import RunDir
 
     run = tmp_path / "run"
     run_cli("personalize", examples / "dog", "--name", "d", "--category", "dog", "--out", run, "--negatives",
@@ -69,15 +69,15 @@ def test_held_out_run_calibrates_on_identities_it_did_not_train_on(examples, tmp
     assert len(held) == calibration["calibration"] >= 2 and len(trained) == calibration["train"]
     assert not {p.name for p in held} & {p.name for p in trained}
     assert json.loads((run / "train" / "summary.json").read_text())["negatives"] == len(trained)  # never trained on
-    assert enrolment_negatives(run) == held  # what `export RUN` re-enrols on
+    assert RunDir(run).enrolment_negatives() == held  # what `export RUN` re-enrols on
 
 
 def test_default_run_trains_and_calibrates_on_every_negative(personalized_run):
     pytest.importorskip("torch")
-    from edge_persrep.pipeline import enrolment_negatives
+    from edge_persrep.pipeline import RunDir
 
     record = json.loads((personalized_run / "run.json").read_text())
     assert record["calibrate_on"] == "training" and record["calibration"]["on_training_negatives"]
     trained = sorted((personalized_run / "negatives").glob("*.jpg"))
     assert len(trained) == 11 and not list((personalized_run / "calibration").glob("*.jpg"))
-    assert enrolment_negatives(personalized_run) == trained
+    assert RunDir(personalized_run).enrolment_negatives() == trained

@@ -21,7 +21,8 @@ def test_personalized_beats_pretrained_on_hard_held_out_images(tmp_path):
 
     import personalization
 
-    assert personalization.main(["--data", str(DATA), "--out", str(tmp_path), "--targets", "dog,dog2", "--seeds", "0"]) == 0
+    argv = ["--data", str(DATA), "--out", str(tmp_path), "--targets", "dog,dog2", "--seeds", "0"]
+    assert personalization.main(argv) == 0
     report = json.loads((tmp_path / "personalization.json").read_text())
     mean = report["mean"]
     assert mean["personalized"]["ap"] > mean["pretrained"]["ap"] + 0.02

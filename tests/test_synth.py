@@ -72,12 +72,12 @@ def test_bad_masks_are_refused(examples, tmp_path):
 
 
 def test_personalize_with_masks_uses_them_for_cutpaste_and_enrolment(examples, tmp_path):
-    from edge_persrep.pipeline import personalize
+    from edge_persrep.pipeline import PersonalizeRequest, personalize
     from edge_persrep.runtime import Finder
 
     mask_dir = _masks(examples, tmp_path)
-    bundle = personalize([examples / "dog"], "dog", "dog", tmp_path / "run", synth_method="cutpaste",
-                         negatives=[examples / "negatives"], masks=mask_dir, steps=2)
+    bundle = personalize(PersonalizeRequest([examples / "dog"], "dog", "dog", tmp_path / "run", synth_method="cutpaste",
+                                            negatives=[examples / "negatives"], masks=mask_dir, steps=2))
     assert sorted(p.name for p in (tmp_path / "run" / "masks").iterdir()) == ["000_00.png", "001_01.png", "002_02.png"]
     manifest = json.loads((tmp_path / "run" / "synth" / "manifest.json").read_text())
     assert manifest["generator"] == "cutpaste"

@@ -32,7 +32,8 @@ def test_info_nce_averages_over_anchors_and_uses_all_negatives():
 
 def test_paper_preset_is_the_paper_recipe():
     c = PRESETS["paper"]
-    assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lr, c.betas, c.tau, c.batch_size) == (16, 0.5, 0.3, 3e-4, (0.5, 0.999), 0.07, 16)
+    assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lr, c.betas, c.tau, c.batch_size) == (
+        16, 0.5, 0.3, 3e-4, (0.5, 0.999), 0.07, 16)
     assert c.steps == math.ceil(2 * 4500 / 16)
 
 
@@ -100,7 +101,8 @@ def test_killed_training_resumes_to_the_same_weights(examples, tmp_path, monkeyp
 
     monkeypatch.setattr(contrastive, "info_nce", dies_at_step_5)
     with pytest.raises(KeyboardInterrupt):
-        contrastive.train(create_backbone("efficientnet_lite0"), anchors, anchors, negatives, config, tmp_path / "resumed")
+        contrastive.train(create_backbone("efficientnet_lite0"), anchors, anchors, negatives, config,
+                          tmp_path / "resumed")
     assert json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())["current"] == "checkpoint-000004"
     monkeypatch.setattr(contrastive, "info_nce", real_loss)
     resumed = create_backbone("efficientnet_lite0")

@@ -10,7 +10,7 @@ from conftest import run_cli
 torch = pytest.importorskip("torch")
 
 from edge_persrep.export.precision import Gate, gate_verdict, measure, to_fp16, to_int8  # noqa: E402
-from edge_persrep.pipeline import run_calibration  # noqa: E402
+from edge_persrep.pipeline import RunDir  # noqa: E402
 from edge_persrep.runtime import BundleError, Finder, list_images  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def test_coreml_spec_has_image_input_named_outputs_and_manifest(variant_bundle):
 def test_int8_passes_the_shipped_gate_and_black_frame_calibration_does_not(personalized_run, variant_bundle, tmp_path):
     """The shipped gate (0.99 / 0.01 / grid 0.95), on every CPU: x86 without VNNI saturated the old
     int8 model to min cosine 0.72 (README, "int8"); the precision-mode session and fp32 stem fix it."""
-    calibration, checks = run_calibration(personalized_run, 320)
+    calibration, checks = RunDir(personalized_run).int8_calibration(320)
     good = tmp_path / "good.onnx"
     assert to_int8(variant_bundle / "model.onnx", good, calibration) == "minmax"
     good_check = measure(variant_bundle / "model.onnx", good, checks)
@@ -95,12 +95,12 @@ def test_int8_keeps_the_stem_and_the_normalisation_in_fp32(variant_bundle, perso
 
     from edge_persrep.export.precision import FP32_LEADING_CONVS
 
-    calibration, _ = run_calibration(personalized_run, 320)
+    calibration, _ = RunDir(personalized_run).int8_calibration(320)
     to_int8(variant_bundle / "model.onnx", tmp_path / "q.onnx", calibration[:8])
     nodes = onnx.load(str(tmp_path / "q.onnx")).graph.node
     produced_by = {out: n for n in nodes for out in n.output}
     convs = [n for n in nodes if n.op_type == "Conv"]
-    weight_is_quantized = [produced_by.get(c.input[1]) is not None and produced_by[c.input[1]].op_type == "DequantizeLinear"
+    weight_is_quantized = [c.input[1] in produced_by and produced_by[c.input[1]].op_type == "DequantizeLinear"
                            for c in convs]
     assert weight_is_quantized[:FP32_LEADING_CONVS] == [False] * FP32_LEADING_CONVS
     assert all(weight_is_quantized[FP32_LEADING_CONVS:])
@@ -150,7 +150,7 @@ def test_export_refuses_int8_that_fails_the_gate_and_keeps_the_rest(personalized
 
 
 def test_fp16_conversion_matches(variant_bundle, tmp_path, personalized_run):
-    _, checks = run_calibration(personalized_run, 320)
+    _, checks = RunDir(personalized_run).int8_calibration(320)
     to_fp16(variant_bundle / "model.onnx", tmp_path / "h.onnx")
     check = measure(variant_bundle / "model.onnx", tmp_path / "h.onnx", checks)
     assert check["min_cosine_embedding"] >= 0.999 and check["mean_cosine_patch_grid"] >= 0.999

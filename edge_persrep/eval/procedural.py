@@ -116,10 +116,12 @@ def background(rng: random.Random, side: int = SIDE) -> Image.Image:
     arr = np.random.default_rng(rng.randrange(2**32)).integers(60, 200, (3, 3, 3), dtype=np.uint8)
     bg = Image.fromarray(arr).resize((side, side), Image.BICUBIC)
     d = ImageDraw.Draw(bg)
-    d.rectangle((0, int(side * rng.uniform(0.6, 0.8)), side, side), fill=tuple(rng.randrange(80, 160) for _ in range(3)))
+    floor = tuple(rng.randrange(80, 160) for _ in range(3))
+    d.rectangle((0, int(side * rng.uniform(0.6, 0.8)), side, side), fill=floor)
     for _ in range(rng.randint(1, 3)):
         x, y = rng.randrange(side), rng.randrange(side)
-        d.rectangle((x, y, x + rng.randint(20, 80), y + rng.randint(20, 80)), fill=tuple(rng.randrange(70, 180) for _ in range(3)))
+        colour = tuple(rng.randrange(70, 180) for _ in range(3))
+        d.rectangle((x, y, x + rng.randint(20, 80), y + rng.randint(20, 80)), fill=colour)
     return bg.filter(ImageFilter.GaussianBlur(1))
 
 
@@ -154,7 +156,8 @@ def make_dataset(out: Path, n_objects: int = 8, seed: int = 0, n_train: int = 3,
         for k in range(n_train):
             scene = background(rng)
             mask = place(scene, inst, rng, rng.uniform(0.5, 0.65), rng.uniform(-8, 8), False)
-            _save(scene, mask, out / inst.name / "train" / f"{k:02d}.png", out / inst.name / "masks" / "train" / f"{k:02d}.png")
+            _save(scene, mask, out / inst.name / "train" / f"{k:02d}.png",
+                  out / inst.name / "masks" / "train" / f"{k:02d}.png")
         for split in SPLITS:
             posed, crowded = split in ("pose", "both"), split in ("distractors", "both")
             for k in range(n_test):
@@ -162,7 +165,8 @@ def make_dataset(out: Path, n_objects: int = 8, seed: int = 0, n_train: int = 3,
                 scale = rng.uniform(0.25, 0.6) if posed else rng.uniform(0.45, 0.6)
                 angle = rng.uniform(-45, 45) if posed else rng.uniform(-8, 8)
                 rel = f"{inst.name}/test/{split}/{k:02d}.png"
-                main = place(scene, inst, rng, scale if not crowded else min(scale, 0.4), angle, posed and rng.random() < 0.5)
+                main = place(scene, inst, rng, scale if not crowded else min(scale, 0.4), angle,
+                             posed and rng.random() < 0.5)
                 instances_in = {inst.name: main}
                 if crowded:
                     look_alikes = [o for o in instances if o.category == inst.category and o.name != inst.name]

@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 
 from ..runtime.files import atomic_write_bytes, atomic_write_json
 
-TASKS = [("classification_ap", "classification AP"), ("retrieval_top1", "retrieval top-1"), ("retrieval_mrr", "retrieval MRR"),
+TASKS = [("classification_ap", "classification AP"), ("retrieval_top1", "retrieval top-1"),
+         ("retrieval_mrr", "retrieval MRR"),
          ("detection_map50", "detection mAP50"), ("detection_map", "detection mAP"),
          ("segmentation_map50", "segmentation mAP50"), ("segmentation_map", "segmentation mAP")]
 COLOURS = ["#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
@@ -57,13 +58,17 @@ def write_report(report: dict, out: Path) -> Path:
     models = list(report["results"])
     summary = report["summary"]
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>edge-persrep evaluation</title>"
-             "<style>body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;margin:8px 0}"
+             "<style>body{font-family:sans-serif;margin:24px;max-width:1200px}"
+             "table{border-collapse:collapse;margin:8px 0}"
              "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#eee}.loss{background:#fdd}"
              ".gain{background:#dfd}img{margin:3px;border:1px solid #999}</style></head><body>",
-             f"<h1>Pretrained vs personalized: {html.escape(report['backbone'])} on {html.escape(report['layout'])}</h1>",
-             f"<p>{len(report['objects'])} objects; synthesis: {', '.join(report['methods'])}; preset {report['preset']}"
+             f"<h1>Pretrained vs personalized: {html.escape(report['backbone'])} on "
+             f"{html.escape(report['layout'])}</h1>",
+             f"<p>{len(report['objects'])} objects; synthesis: {', '.join(report['methods'])}; "
+             f"preset {report['preset']}"
              f"{', steps ' + str(report['steps']) if report['steps'] else ''}. Colours: "
-             + ", ".join(f"<b style='color:{COLOURS[i % len(COLOURS)]}'>{m}</b>" for i, m in enumerate(models)) + "</p>",
+             + ", ".join(f"<b style='color:{COLOURS[i % len(COLOURS)]}'>{m}</b>" for i, m in enumerate(models))
+             + "</p>",
              "<h2>Mean over objects and splits</h2>", _bars(summary, models)]
     for split in ["all"] + report["splits"]:
         parts.append(f"<h3>split: {html.escape(split)}</h3><table><tr><th>metric</th>"
@@ -79,7 +84,8 @@ def write_report(report: dict, out: Path) -> Path:
                 cells.append(f"<td class='{cls}'>{_fmt(v)}</td>")
             parts.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
         parts.append("</table>")
-    parts.append("<h2>Per object (classification AP, all splits): where personalization loses is red</h2><table><tr><th>object</th>"
+    parts.append("<h2>Per object (classification AP, all splits): where personalization loses is red</h2>"
+                 "<table><tr><th>object</th>"
                  + "".join(f"<th>{html.escape(m)}</th>" for m in models) + "</tr>")
     for obj in report["objects"]:
         def mean_ap(m):
@@ -89,7 +95,9 @@ def write_report(report: dict, out: Path) -> Path:
         cells = []
         for m in models:
             v = mean_ap(m)
-            cls = "" if v is None or base is None or m == "pretrained" else ("gain" if v > base + 1e-9 else "loss" if v < base - 1e-9 else "")
+            cls = ""
+            if v is not None and base is not None and m != "pretrained":
+                cls = "gain" if v > base + 1e-9 else "loss" if v < base - 1e-9 else ""
             cells.append(f"<td class='{cls}'>{_fmt(v)}</td>")
         parts.append(f"<tr><td>{html.escape(obj)}</td>{''.join(cells)}</tr>")
     parts.append("</table><h2>Localisation: best and worst cases (white = truth, coloured = predicted box)</h2>")
@@ -103,7 +111,8 @@ def write_report(report: dict, out: Path) -> Path:
                 name = f"{m}_{tag}_{k}.jpg"
                 _overlay(e, img / name, COLOURS[i % len(COLOURS)])
                 parts.append(f"<figure style='display:inline-block'><img src='img/{name}' width='200' alt='{tag}'>"
-                             f"<figcaption>{tag}: {html.escape(e['object'])} ({html.escape(e['split'])}) IoU {e['iou']:.2f}"
+                             f"<figcaption>{tag}: {html.escape(e['object'])} ({html.escape(e['split'])}) "
+                             f"IoU {e['iou']:.2f}"
                              "</figcaption></figure>")
         parts.append("</div>")
     parts.append("<h2>Time per stage (s)</h2><table>" + "".join(

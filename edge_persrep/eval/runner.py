@@ -25,6 +25,7 @@ from PIL import Image
 from ..runtime import Bundle, Finder, PrototypeStore, metrics
 from ..runtime.errors import EdgePersrepError
 from ..runtime.images import list_images
+from ..server_side.options import DEFAULT_PRESET
 
 
 @dataclass
@@ -181,12 +182,12 @@ def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gall
 
 
 def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, steps: int | None = None,
-             preset: str = "quick", seed: int = 0, only: list[str] | None = None, diffusion=None) -> dict:
+             preset: str = DEFAULT_PRESET, seed: int = 0, only: list[str] | None = None, diffusion=None) -> dict:
     """`only`: evaluate these objects (all by default); the others stay in the gallery and among the
     negatives (identity-disjoint sets: as EvalSet.seen allows). `diffusion` (DiffusionOptions)
     configures the Stable Diffusion methods, which run on the GPU when there is one (the others on
     the CPU, for reproducible figures)."""
-    from ..pipeline import export_pretrained, personalize
+    from ..pipeline import PersonalizeRequest, export_pretrained, personalize
     from ..server_side.synth import DIFFUSION_METHODS, METHODS_NEEDING_MASKS
 
     out.mkdir(parents=True, exist_ok=True)
@@ -198,23 +199,11 @@ def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, ste
         export_pretrained(backbone, pretrained_dir, force=True)
     timings["export_pretrained_s"] = round(time.time() - started, 1)
 
-    def features(bundle_dir: Path):
-        bundle = Bundle.load(bundle_dir)
-        layout = bundle.layout
-        finder = Finder(bundle, PrototypeStore(bundle.model_sha256, layout.embedding_dim, layout.grid_dim))
-        feats = finder.embed([t.path for t in evalset.tests])
-        gallery_feats = finder.embed([p for o in evalset.objects for p in o.train])
-        return finder, feats, np.stack([g.embedding for g in gallery_feats])
-
-    gallery_owner = np.array([o.name for o in evalset.objects for _ in o.train])
     results: dict = {"pretrained": {}}
     examples: dict = {"pretrained": []}
     started = time.time()
-    finder, feats, gallery = features(pretrained_dir)
     chosen = [o for o in evalset.objects if only is None or o.name in only]
-    for obj in chosen:
-        results["pretrained"][obj.name] = _score_object(finder, obj, evalset, feats, gallery, gallery_owner,
-                                                        examples["pretrained"])
+    results["pretrained"] = score_bundle(pretrained_dir, evalset, chosen, examples["pretrained"])
     timings["eval_pretrained_s"] = round(time.time() - started, 1)
     for method in methods:
         results[method], examples[method] = {}, []
@@ -222,19 +211,31 @@ def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, ste
             if method in METHODS_NEEDING_MASKS and obj.train_masks is None:
                 continue  # these need masks; this dataset has none
             started = time.time()
-            bundle = personalize(obj.train, obj.name, obj.category, work / "models" / method / obj.name,
-                                 backbone=backbone, synth_method=method, negatives=[_negatives_dir(evalset, obj, work)],
-                                 masks=obj.train_masks, preset=preset, steps=steps, seed=seed,
-                                 device="auto" if method in DIFFUSION_METHODS else "cpu", diffusion=diffusion)
+            bundle = personalize(PersonalizeRequest(
+                obj.train, obj.name, obj.category, work / "models" / method / obj.name, backbone=backbone,
+                synth_method=method, negatives=[_negatives_dir(evalset, obj, work)], masks=obj.train_masks,
+                preset=preset, steps=steps, seed=seed, device="auto" if method in DIFFUSION_METHODS else "cpu",
+                diffusion=diffusion))
             timings[f"personalize_{method}_{obj.name}_s"] = round(time.time() - started, 1)
             started = time.time()
-            finder, feats, gallery = features(bundle)
-            results[method][obj.name] = _score_object(finder, obj, evalset, feats, gallery, gallery_owner,
-                                                      examples[method])
+            results[method].update(score_bundle(bundle, evalset, [obj], examples[method]))
             timings[f"eval_{method}_{obj.name}_s"] = round(time.time() - started, 1)
     return {"layout": evalset.layout, "backbone": backbone, "methods": methods, "preset": preset, "steps": steps,
             "objects": [o.name for o in chosen], "splits": sorted({t.split for t in evalset.tests}),
             "results": results, "summary": summarize(results), "timings": timings, "examples": examples}
+
+
+def score_bundle(bundle_dir: Path, evalset: EvalSet, objects: list[EvalObject], examples: list | None = None) -> dict:
+    """{object: {split: metrics}} for `objects` under one bundle's model: every test image and
+    gallery photo embedded once (one model run each), each object enrolled from its training photos."""
+    bundle = Bundle.load(bundle_dir)
+    layout = bundle.layout
+    finder = Finder(bundle, PrototypeStore(bundle.model_sha256, layout.embedding_dim, layout.grid_dim))
+    feats = finder.embed([t.path for t in evalset.tests])
+    gallery = np.stack([g.embedding for g in finder.embed([p for o in evalset.objects for p in o.train])])
+    gallery_owner = np.array([o.name for o in evalset.objects for _ in o.train])
+    examples = [] if examples is None else examples
+    return {obj.name: _score_object(finder, obj, evalset, feats, gallery, gallery_owner, examples) for obj in objects}
 
 
 def summarize(results: dict) -> dict:

@@ -17,7 +17,7 @@ from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
 from ..runtime.errors import EdgePersrepError
 from ..runtime.files import atomic_write_json, sha256_file
 from ..runtime.images import resize_to_input
-from ..server_side.backbones import Backbone
+from ..server_side.backbones import Backbone, check_export_size
 from .onnx_export import OPSET, export_onnx
 
 MODEL_FILE, STORE_FILE = "model.onnx", "prototypes.npz"
@@ -57,7 +57,7 @@ def write_bundle(backbone: Backbone, out: Path, check_photos: list[Image.Image],
     """Export `backbone` (LoRA already merged) and write bundle.json; the store starts empty."""
     prepare_output_dir(out, force)
     spec = backbone.spec
-    size = size or spec.preprocess.export_size
+    size = check_export_size(spec, size) if size else spec.preprocess.export_size
     rng = np.random.default_rng(0)
     check = np.stack([resize_to_input(p, size) for p in check_photos[:4]]
                      + [rng.integers(0, 256, (size, size, 3), dtype=np.uint8)])

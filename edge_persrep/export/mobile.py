@@ -26,11 +26,13 @@ def _tool(*args: str) -> str:
 def export_ort(src: Path, dst: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         fixed = Path(tmp) / "model.onnx"
-        _tool("onnxruntime.tools.make_dynamic_shape_fixed", "--dim_param", "batch", "--dim_value", "1", str(src), str(fixed))
+        _tool("onnxruntime.tools.make_dynamic_shape_fixed", "--dim_param", "batch", "--dim_value", "1", str(src),
+              str(fixed))
         report = _tool("onnxruntime.tools.check_onnx_model_mobile_usability", str(fixed))
         _tool("onnxruntime.tools.convert_onnx_models_to_ort", str(fixed), "--output_dir", tmp,
               "--optimization_style", "Runtime")
         (Path(tmp) / "model.with_runtime_opt.ort").replace(dst)
     lines = [re.sub(r"^INFO:\s*", "", line).strip() for line in report.splitlines()]
-    keep = [line for line in lines if re.search(r"partitions with|Unsupported ops|should perform well|recommended", line)]
+    wanted = r"partitions with|Unsupported ops|should perform well|recommended"
+    keep = [line for line in lines if re.search(wanted, line)]
     return {"format": "ort", "batch": 1, "mobile_usability": keep}

@@ -72,7 +72,8 @@ def export_onnx(backbone: Backbone, path: Path, size: int, check_images: np.ndar
         ref_embedding, ref_grid = (t.numpy() for t in wrapper(torch.from_numpy(check_images)))
     from ..runtime.bundle import make_session
 
-    embedding, grid = make_session(path, ["CPUExecutionProvider"]).run(["embedding", "patch_grid"], {"image": check_images})
+    session = make_session(path, ["CPUExecutionProvider"])
+    embedding, grid = session.run(["embedding", "patch_grid"], {"image": check_images})
     check = {
         "images": int(len(check_images)),
         "min_cosine_embedding": float(np.min(cosines(embedding, ref_embedding))),

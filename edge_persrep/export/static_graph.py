@@ -37,7 +37,8 @@ def freeze_same_padding(model: nn.Module, input_size: int) -> nn.Module:
     for name, module in model.named_modules():
         if isinstance(module, Conv2dSame):
             def record(mod, args, name=name):
-                seen[name] = pad_same_arg(list(args[0].shape[-2:]), list(mod.weight.shape[-2:]), mod.stride, mod.dilation)
+                seen[name] = pad_same_arg(list(args[0].shape[-2:]), list(mod.weight.shape[-2:]), mod.stride,
+                                          mod.dilation)
             hooks.append(module.register_forward_pre_hook(record))
     with torch.no_grad():
         model(torch.zeros(1, 3, input_size, input_size))

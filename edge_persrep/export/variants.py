@@ -41,7 +41,8 @@ def variant_names(formats: Sequence[str], precisions: Sequence[str]) -> list[str
 
 
 def add_variants(bundle_dir: Path, backbone, formats: list[str], precisions: list[str],
-                 calibration=None, checks: CheckSet | None = None, gate: Gate = Gate(), force_int8: bool = False) -> dict:
+                 calibration=None, checks: CheckSet | None = None, gate: Gate = Gate(),
+                 force_int8: bool = False) -> dict:
     """Build the requested variants of bundle_dir/model.onnx; returns {name: manifest entry}."""
     manifest_path = bundle_dir / MANIFEST
     manifest = json.loads(manifest_path.read_text())

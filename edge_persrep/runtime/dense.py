@@ -245,7 +245,8 @@ def region_windows(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pooled_windows(grid, window_sizes(grid.shape[:2]))
 
 
-def cells_to_pixels(box: np.ndarray | tuple, grid_hw: tuple[int, int], width: int, height: int) -> tuple[int, int, int, int]:
+def cells_to_pixels(box: np.ndarray | tuple, grid_hw: tuple[int, int], width: int,
+                    height: int) -> tuple[int, int, int, int]:
     """A box in grid cells [x0, y0, x1, y1) -> the same region in photo pixels."""
     h, w = grid_hw
     x0, y0, x1, y1 = (int(v) for v in box)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -96,6 +96,13 @@ def resize_to_input(image: Image.Image, size: int) -> np.ndarray:
     """The runtime's only resize: the whole image stretched to size x size (nothing cropped, so a
     box on the model's grid maps back to the photo by scaling x and y). Returns uint8 HWC RGB."""
     return np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def input_batch(paths: Sequence[str | os.PathLike], size: int) -> np.ndarray:
+    """Photos as one uint8 model-input batch [N, size, size, 3] (N may be 0)."""
+    if not paths:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([resize_to_input(load_image(p), size) for p in paths])
 
 
 def compose_grid(photos: list[Image.Image], n: int, side: int) -> Image.Image:

@@ -58,6 +58,19 @@ class BackboneSpec:
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+CNN_STRIDE = 32  # the EfficientNet-Lite patch grid's stride: their export sizes are multiples of it
+
+
+def check_export_size(spec: BackboneSpec, size: int) -> int:
+    """An input size the backbone can be exported at: for the CNNs any multiple of 32 from 64 to
+    1024 (a (size/32)^2 patch grid); the ViTs keep their registered size (fixed position embeddings)."""
+    if spec.family == "efficientnet" and 64 <= size <= 1024 and size % CNN_STRIDE == 0:
+        return size
+    if size == spec.preprocess.export_size:
+        return size
+    if spec.family == "efficientnet":
+        raise EdgePersrepError(f"--input-size {size}: use a multiple of {CNN_STRIDE} from 64 to 1024 for {spec.name}")
+    raise EdgePersrepError(f"--input-size {size}: {spec.name} exports at {spec.preprocess.export_size} only")
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
@@ -88,13 +101,16 @@ register(BackboneSpec("efficientnet_lite2", "tf_efficientnet_lite2", "efficientn
 # Paper's ViTs: LoRA on attention qkv of every block; fixed 224 input so position embeddings are
 # precomputed at the export size (no bicubic interpolation in the graph).
 _VIT = dict(family="vit", lora_targets=(r"blocks\.\d+\.attn\.qkv",), first_tuned_block=0)
-register(BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2", preprocess=Preprocess(224, 224, IMAGENET_MEAN, IMAGENET_STD),
+register(BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2",
+                      preprocess=Preprocess(224, 224, IMAGENET_MEAN, IMAGENET_STD),
                       hub_id="timm/vit_small_patch14_dinov2.lvd142m", timm_kwargs={"img_size": 224}, **_VIT))
-register(BackboneSpec("dinov2_vitb14", "vit_base_patch14_dinov2", preprocess=Preprocess(224, 224, IMAGENET_MEAN, IMAGENET_STD),
+register(BackboneSpec("dinov2_vitb14", "vit_base_patch14_dinov2",
+                      preprocess=Preprocess(224, 224, IMAGENET_MEAN, IMAGENET_STD),
                       hub_id="timm/vit_base_patch14_dinov2.lvd142m", timm_kwargs={"img_size": 224}, **_VIT))
 register(BackboneSpec("clip_vitb16", "vit_base_patch16_clip_224", preprocess=Preprocess(224, 224, CLIP_MEAN, CLIP_STD),
                       hub_id="timm/vit_base_patch16_clip_224.openai", **_VIT))
-register(BackboneSpec("mae_vitb16", "vit_base_patch16_224", preprocess=Preprocess(224, 224, IMAGENET_MEAN, IMAGENET_STD),
+register(BackboneSpec("mae_vitb16", "vit_base_patch16_224",
+                      preprocess=Preprocess(224, 224, IMAGENET_MEAN, IMAGENET_STD),
                       hub_id="timm/vit_base_patch16_224.mae", timm_kwargs={"global_pool": ""}, **_VIT))
 
 
@@ -145,8 +161,8 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | os.PathLi
     use_hub = pretrained and weights is None and spec.weights_package is None
     if use_hub:
         try:
-            model = timm.create_model(spec.timm_name, pretrained=True, pretrained_cfg_overlay={"hf_hub_id": spec.hub_id},
-                                      **kwargs)
+            model = timm.create_model(spec.timm_name, pretrained=True,
+                                      pretrained_cfg_overlay={"hf_hub_id": spec.hub_id}, **kwargs)
         except Exception as exc:  # hub errors come from several libraries
             raise EdgePersrepError(
                 f"cannot fetch weights for '{name}' from the hub ({spec.hub_id}): {exc.__class__.__name__}. "
@@ -175,7 +191,8 @@ def load_state_dict_file(model: nn.Module, path: Path) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise EdgePersrepError(f"{path}: cannot read weights ({exc}); expected a .safetensors or torch state dict") from exc
+        raise EdgePersrepError(f"{path}: cannot read weights ({exc}); expected a .safetensors or torch "
+                               "state dict") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -188,7 +205,8 @@ def load_state_dict_file(model: nn.Module, path: Path) -> None:
 
 def packaged_weights_file(spec: BackboneSpec) -> Path:
     module = importlib.import_module(spec.weights_package)
-    finder: Callable[[], str] = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile")).get_model_file_path
+    model_file = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile"))
+    finder: Callable[[], str] = model_file.get_model_file_path
     return Path(finder())
 
 
@@ -200,6 +218,7 @@ class BackboneSource:
     backbone: str
     weights_file: str | None = None  # a local weights file (--weights); None: the package, else the hub
     weights_sha256: str | None = None
+    hashed_now: bool = field(default=False, compare=False, repr=False)  # made by `given`: no need to hash again
 
     @classmethod
     def given(cls, backbone: str, weights: str | os.PathLike | None = None) -> "BackboneSource":
@@ -208,9 +227,11 @@ class BackboneSource:
         if weights is not None:
             path = Path(weights).resolve()
             if not path.is_file():
-                raise EdgePersrepError(f"{weights}: no such weights file (--weights: a .safetensors or .pth state dict)")
-            return cls(backbone, str(path), sha256_file(path))
-        return cls(backbone, None, sha256_file(packaged_weights_file(spec)) if spec.weights_package else None)
+                raise EdgePersrepError(f"{weights}: no such weights file (--weights: a .safetensors or .pth "
+                                       "state dict)")
+            return cls(backbone, str(path), sha256_file(path), hashed_now=True)
+        sha256 = sha256_file(packaged_weights_file(spec)) if spec.weights_package else None
+        return cls(backbone, None, sha256, hashed_now=True)
 
     @classmethod
     def of_run(cls, record: dict) -> "BackboneSource":
@@ -218,15 +239,20 @@ class BackboneSource:
 
     def build(self) -> Backbone:
         """The pretrained backbone, refusing weights other than the recorded ones."""
+        if not self.hashed_now:
+            self._check_unchanged()
+        return create_backbone(self.backbone, pretrained=True, weights=self.weights_file)
+
+    def _check_unchanged(self) -> None:
         if self.weights_file is not None and not Path(self.weights_file).is_file():
             raise EdgePersrepError(f"{self.weights_file}: the run was trained from these --weights and the file "
                                    "is gone; put it back there (same sha256) or personalize again")
         now = BackboneSource.given(self.backbone, self.weights_file)
         if self.weights_sha256 is not None and now.weights_sha256 != self.weights_sha256:
             where = self.weights_file or f"the installed {get_spec(self.backbone).weights_package} package"
-            raise EdgePersrepError(f"{where}: not the weights the run was trained from (sha256 {self.weights_sha256[:12]}..., "
+            raise EdgePersrepError(f"{where}: not the weights the run was trained from "
+                                   f"(sha256 {self.weights_sha256[:12]}..., "
                                    f"now {str(now.weights_sha256)[:12]}...); restore them or personalize again")
-        return create_backbone(self.backbone, pretrained=True, weights=self.weights_file)
 
 
 def load_packaged_weights(model: nn.Module, spec: BackboneSpec) -> None:
@@ -236,7 +262,8 @@ def load_packaged_weights(model: nn.Module, spec: BackboneSpec) -> None:
     source = torch.load(packaged_weights_file(spec), map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise EdgePersrepError(f"{spec.weights_package}: {len(source)} tensors, timm's {spec.timm_name} has {len(target)}")
+        raise EdgePersrepError(f"{spec.weights_package}: {len(source)} tensors, timm's {spec.timm_name} has "
+                               f"{len(target)}")
     paired = {}
     for (src_name, src), (dst_name, dst) in zip(source.items(), target.items()):
         if src.shape != dst.shape:

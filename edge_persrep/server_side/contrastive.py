@@ -121,7 +121,8 @@ class Views:
 
     @torch.no_grad()
     def _trunk(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        x = torch.stack([to_tensor(paper_augment(im, self.rng, self.size)[0], self.backbone, self.size) for im in images])
+        views = [paper_augment(im, self.rng, self.size)[0] for im in images]
+        x = torch.stack([to_tensor(v, self.backbone, self.size) for v in views])
         return self.backbone.trunk(x.to(self.device))
 
     def sample(self, indices: Sequence[int]) -> torch.Tensor:
@@ -165,7 +166,8 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     first_step, losses = checkpoints.restore(backbone, optimizer, rng)
     started = time.time()
     b = config.batch_size
-    for step in tqdm(range(first_step, config.steps), desc="train", unit="step", initial=first_step, total=config.steps):
+    for step in tqdm(range(first_step, config.steps), desc="train", unit="step", initial=first_step,
+                     total=config.steps):
         a = embed(anchor_views.sample([rng.randrange(len(anchor_views)) for _ in range(b)]))
         p = embed(positive_views.sample([rng.randrange(len(positive_views)) for _ in range(b)]))
         n = embed(negative_views.sample([rng.randrange(len(negative_views)) for _ in range(b)]))

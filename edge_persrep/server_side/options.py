@@ -10,3 +10,5 @@ DREAMBOOTH_MODES = ("lora", "full")  # lora: consumer GPUs; full: the paper
 DIFFUSION_PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on CUDA, fp32 on CPU
 SCHEDULER_STEPS = {"pndm": 50, "ddim": 50, "dpm++": 25}  # name -> default steps (pndm is SD 1.5's own: the paper's)
 CALIBRATE_ON = ("training", "held-out")  # personalize --calibrate-on: the first is the default
+DEFAULT_SYNTH = "augment"  # personalize --synth: no GPU, no downloads
+DEFAULT_PRESET = "quick"  # personalize --preset: minutes on a CPU (contrastive.PRESETS)

@@ -7,7 +7,8 @@ import random
 from PIL import Image
 
 
-def paper_augment(image: Image.Image, rng: random.Random, size: int, scale=(0.8, 1.0), degrees=10.0) -> tuple[Image.Image, dict]:
+def paper_augment(image: Image.Image, rng: random.Random, size: int, scale=(0.8, 1.0),
+                  degrees=10.0) -> tuple[Image.Image, dict]:
     """Horizontal flip (p 0.5), rotation within +-10 deg, RandomResizedCrop(size, scale 0.8-1.0, ratio 3/4-4/3)."""
     flip = rng.random() < 0.5
     angle = rng.uniform(-degrees, degrees)

@@ -35,4 +35,5 @@ def generate(method: str, request: SynthRequest) -> SynthResult:
     return GENERATORS[method](request)
 
 
-__all__ = ["DIFFUSION_METHODS", "GENERATORS", "METHODS_NEEDING_MASKS", "SynthRequest", "SynthResult", "generate", "match_masks", "read_masks"]
+__all__ = ["DIFFUSION_METHODS", "GENERATORS", "METHODS_NEEDING_MASKS", "SynthRequest", "SynthResult", "generate",
+           "match_masks", "read_masks"]

@@ -51,7 +51,8 @@ METHODS_NEEDING_MASKS = ("cutpaste", "masked-dreambooth", "combined")
 
 def load_masks(request: SynthRequest) -> list[np.ndarray]:
     if not request.masks:
-        raise EdgePersrepError("this generator needs object masks: pass --masks DIR (one PNG per photo, white = object)")
+        raise EdgePersrepError("this generator needs object masks: pass --masks DIR (one PNG per photo, "
+                               "white = object)")
     return read_masks(request.photos, request.masks)
 
 
@@ -126,7 +127,8 @@ def run_generator(request: SynthRequest, name: str,
         main = request.out_dir / manifest_name
         if main.is_file():
             earlier = _read_manifest(main, name, request, settings)["images"]
-            manifest["images"] += [e for e in earlier if e["file"] not in done and (request.out_dir / e["file"]).is_file()]
+            manifest["images"] += [e for e in earlier
+                                   if e["file"] not in done and (request.out_dir / e["file"]).is_file()]
             done |= {e["file"] for e in manifest["images"]}
     manifest["images"] = [e for e in manifest["images"] if e["file"] in done]
     mine = shard_indices(request.count, rank, world)
@@ -206,7 +208,8 @@ def _read_manifest(path: Path, name: str, request: SynthRequest, settings: dict 
         try:
             manifest = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise EdgePersrepError(f"{path}: synthesis manifest is corrupt ({exc}); delete {path.parent} to start over") from exc
+            raise EdgePersrepError(f"{path}: synthesis manifest is corrupt ({exc}); delete {path.parent} to "
+                                   "start over") from exc
         if {k: manifest.get(k) for k in header} == header and isinstance(manifest.get("images"), list):
             return manifest
         raise EdgePersrepError(f"{path}: made with other settings ({ {k: manifest.get(k) for k in header} }); "

@@ -184,115 +184,172 @@ def fine_tune(sd: StableDiffusion, photos: Sequence[Image.Image], class_images: 
               masks: Sequence[np.ndarray] | None = None) -> dict:
     """Fine-tune `sd` in place on `photos`; save the result under `out_dir` and return a summary.
 
-    A finished run (out_dir/dreambooth.json with the same config) is loaded instead of retrained.
+    A finished run (out_dir/dreambooth.json with the same config) is loaded instead of retrained;
+    an interrupted one resumes from its last checkpoint.
     """
-    import torch
-
-    from ..checkpoints import Checkpoints
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = out_dir / "dreambooth.json"
     record = {"config": asdict(config), "category": category, "photos": len(photos), "masked": masks is not None,
               "class_images": len(class_images)}
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        if {k: summary.get(k) for k in record} == json.loads(json.dumps(record)):
-            load_tuned(sd, out_dir, config)
-            return summary
-        raise EdgePersrepError(f"{out_dir}: DreamBooth was trained with other settings; delete {out_dir} to retrain")
-
-    dev = torch.device(device)
-    dtype = weight_dtype(config.precision, device)
-    size = sd.resolution
-    latent_side = size // sd.latent_factor
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    mirrored = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in photos]
-    instance = _Latents(sd, list(photos) + mirrored, size, dev, dtype)
-    prior = _Latents(sd, class_images, size, dev, dtype) if class_images and config.prior_weight > 0 else None
-    if masks is not None:
-        flat = [latent_mask(m, size, latent_side) for m in masks]
-        mask_bank = torch.stack(flat + [m.flip(-1) for m in flat])
-    prompts = [config.instance_prompt(category), class_prompt(category)]
-    ids = sd.tokenize(prompts)  # rows 0 and 1: what each instance / class image is conditioned on
-    prompt_states = sd.encode_prompts(prompts).float().cpu()  # used as is when the text encoder is frozen
-
-    from diffusers import DDPMScheduler
-
-    noise_scheduler = DDPMScheduler.from_config(sd.scheduler_config)
-    base_dtypes = (sd.unet.dtype, sd.text_encoder.dtype)
-    if config.mode == "lora":
-        _add_lora(sd, config)
-    modules = _trainable(sd, config)
-    params = [p for p in modules.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-2)
-    use_checkpointing = config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
-    if use_checkpointing:
-        sd.unet.enable_gradient_checkpointing()
-        if config.train_text_encoder:  # transformers 5 renamed it; older releases have only the old name
-            enable = getattr(sd.text_encoder, "activation_checkpointing_enable", None)
-            (enable or sd.text_encoder.gradient_checkpointing_enable)()
-    sd.unet.train()
-    sd.text_encoder.train(config.train_text_encoder)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device == "cuda")
-    autocast = torch.autocast(device_type=dev.type, dtype=dtype, enabled=dtype != torch.float32)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-    checkpoints = Checkpoints(out_dir, config)
-    first_step, losses = checkpoints.restore(modules, optimizer, rng, scaler)
-    b, n = config.batch_size, len(photos)
-    started = time.time()
-    for step in tqdm(range(first_step, config.steps), desc="dreambooth", unit="step", initial=first_step,
-                     total=config.steps):
-        chosen = [rng.randrange(2 * n) for _ in range(b)]  # a photo or its mirror image
-        latents = [instance.sample(chosen)]
-        if prior is not None:
-            latents.append(prior.sample([rng.randrange(len(class_images)) for _ in range(b)]))
-        latents = torch.cat(latents)
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),))
-        noisy = noise_scheduler.add_noise(latents, noise, t)
-        target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
-        rows = [0] * b + ([1] * b if prior is not None else [])
-        with autocast:
-            if config.train_text_encoder:
-                states = sd.text_encoder(ids[rows].to(dev))[0]
-            else:
-                states = prompt_states[rows].to(dev, dtype)
-            pred = sd.unet(noisy.to(dev, dtype), t.to(dev), states).sample
-        loss, parts = dreambooth_loss(pred, target.to(dev), b, mask_bank[chosen].to(dev) if masks is not None else None,
-                                      config.prior_weight)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append([round(loss.item(), 6), round(parts["instance"], 6), round(parts["prior"], 6)])
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            checkpoints.save(step + 1, losses, modules, optimizer, rng, scaler)
-    seconds = time.time() - started
-    sd.unet.eval()
-    sd.text_encoder.eval()
-    if use_checkpointing:
-        sd.unet.disable_gradient_checkpointing()
-    for module in (sd.unet, sd.text_encoder):
-        module.requires_grad_(False)
-    save_tuned(sd, out_dir, config)
-    for module, base_dtype in zip((sd.unet, sd.text_encoder), base_dtypes):
-        if module.dtype != base_dtype:
-            module.to(base_dtype)  # back to the sampling precision
-    checkpoints.clear()
+    finished = _finished(out_dir, record)
+    if finished is not None:
+        load_tuned(sd, out_dir, config)
+        return finished
+    data = _TrainingData(sd, photos, class_images, category, config, device, masks)  # 1. encode once
+    trainer = _Trainer(sd, config, device, out_dir)  # 2. adapters, optimizer, precision
+    first_step, losses, seconds = trainer.run(data)  # 3. the steps, checkpointed
+    trainer.finish()  # 4. back to inference, saved
     summary = {**record, "steps_run": config.steps - first_step, "seconds": round(seconds, 1),
                "seconds_per_step": round(seconds / max(1, config.steps - first_step), 4),
                "loss_first10_mean": round(float(np.mean([x[0] for x in losses[:10]])), 6),
                "loss_last10_mean": round(float(np.mean([x[0] for x in losses[-10:]])), 6),
-               "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
-               "resolution": size, "device": device, "precision": str(dtype).replace("torch.", "")}
+               "peak_gpu_memory_gb": trainer.peak_memory_gb(), "resolution": sd.resolution, "device": device,
+               "precision": str(trainer.dtype).replace("torch.", "")}
     atomic_write_json(out_dir / "loss.json", {"columns": ["total", "instance", "prior"], "loss": losses})
-    atomic_write_json(summary_path, summary)
+    atomic_write_json(out_dir / "dreambooth.json", summary)
     return summary
+
+
+def _finished(out_dir: Path, record: dict) -> dict | None:
+    """The summary of a finished run with these settings; None if there is none; refuses other settings."""
+    path = out_dir / "dreambooth.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if {k: summary.get(k) for k in record} != json.loads(json.dumps(record)):
+        raise EdgePersrepError(f"{out_dir}: DreamBooth was trained with other settings; delete {out_dir} to retrain")
+    return summary
+
+
+class _TrainingData:
+    """What every step draws from, encoded once: the photos (and their mirror images) and the class
+    images as latent distributions, the masks at latent resolution, the two prompts."""
+
+    def __init__(self, sd: StableDiffusion, photos, class_images, category: str, config: DreamBoothConfig,
+                 device: str, masks=None):
+        import torch
+
+        dev, size = torch.device(device), sd.resolution
+        dtype = weight_dtype(config.precision, device)
+        mirrored = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in photos]
+        self.photo_count, self.class_count = len(photos), len(class_images)
+        self.instance = _Latents(sd, list(photos) + mirrored, size, dev, dtype)
+        self.prior = _Latents(sd, class_images, size, dev, dtype) if class_images and config.prior_weight > 0 else None
+        self.masks = None
+        if masks is not None:
+            flat = [latent_mask(m, size, size // sd.latent_factor) for m in masks]
+            self.masks = torch.stack(flat + [m.flip(-1) for m in flat])
+        prompts = [config.instance_prompt(category), class_prompt(category)]
+        self.ids = sd.tokenize(prompts)  # rows 0 and 1: what each instance / class image is conditioned on
+        self.prompt_states = sd.encode_prompts(prompts).float().cpu()  # used as is when the text encoder is frozen
+
+    def draw(self, rng: random.Random, batch: int):
+        """A step's latents (batch photos or mirror images, then batch class images), the prompt row
+        of each, and the photos' masks (None without masks)."""
+        import torch
+
+        chosen = [rng.randrange(2 * self.photo_count) for _ in range(batch)]
+        latents = [self.instance.sample(chosen)]
+        if self.prior is not None:
+            latents.append(self.prior.sample([rng.randrange(self.class_count) for _ in range(batch)]))
+        rows = [0] * batch + ([1] * batch if self.prior is not None else [])
+        return torch.cat(latents), rows, self.masks[chosen] if self.masks is not None else None
+
+
+class _Trainer:
+    """The training state of one DreamBooth run: trainable modules (LoRA or full), optimizer,
+    mixed precision, gradient checkpointing and the checkpoints a killed run resumes from."""
+
+    def __init__(self, sd: StableDiffusion, config: DreamBoothConfig, device: str, out_dir: Path):
+        import torch
+        from diffusers import DDPMScheduler
+
+        from ..checkpoints import Checkpoints
+
+        self.sd, self.config, self.device, self.dev = sd, config, device, torch.device(device)
+        self.dtype = weight_dtype(config.precision, device)
+        torch.manual_seed(config.seed)
+        self.rng = random.Random(config.seed)
+        self.noise_scheduler = DDPMScheduler.from_config(sd.scheduler_config)
+        self.base_dtypes = (sd.unet.dtype, sd.text_encoder.dtype)
+        if config.mode == "lora":
+            _add_lora(sd, config)
+        self.modules = _trainable(sd, config)
+        self.params = [p for p in self.modules.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=1e-2)
+        self.checkpointing = (config.gradient_checkpointing if config.gradient_checkpointing is not None
+                              else device == "cuda")
+        if self.checkpointing:
+            sd.unet.enable_gradient_checkpointing()
+            if config.train_text_encoder:  # transformers 5 renamed it; older releases have only the old name
+                enable = getattr(sd.text_encoder, "activation_checkpointing_enable", None)
+                (enable or sd.text_encoder.gradient_checkpointing_enable)()
+        sd.unet.train()
+        sd.text_encoder.train(config.train_text_encoder)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16 and device == "cuda")
+        self.autocast = torch.autocast(device_type=self.dev.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.checkpoints = Checkpoints(out_dir, config)
+        self.out_dir = out_dir
+
+    def run(self, data: _TrainingData) -> tuple[int, list, float]:
+        """All remaining steps; returns (the step it resumed from, every step's losses, seconds)."""
+        config = self.config
+        first_step, losses = self.checkpoints.restore(self.modules, self.optimizer, self.rng, self.scaler)
+        started = time.time()
+        for step in tqdm(range(first_step, config.steps), desc="dreambooth", unit="step", initial=first_step,
+                         total=config.steps):
+            losses.append(self.step(data))
+            if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+                self.checkpoints.save(step + 1, losses, self.modules, self.optimizer, self.rng, self.scaler)
+        return first_step, losses, time.time() - started
+
+    def step(self, data: _TrainingData) -> list[float]:
+        """One optimizer step: noise the drawn latents, predict the noise, take the DreamBooth loss."""
+        import torch
+
+        sd, config, dev, scheduler = self.sd, self.config, self.dev, self.noise_scheduler
+        latents, rows, masks = data.draw(self.rng, config.batch_size)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))
+        noisy = scheduler.add_noise(latents, noise, t)
+        target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
+        with self.autocast:
+            if config.train_text_encoder:
+                states = sd.text_encoder(data.ids[rows].to(dev))[0]
+            else:
+                states = data.prompt_states[rows].to(dev, self.dtype)
+            pred = sd.unet(noisy.to(dev, self.dtype), t.to(dev), states).sample
+        loss, parts = dreambooth_loss(pred, target.to(dev), config.batch_size,
+                                      masks.to(dev) if masks is not None else None, config.prior_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return [round(loss.item(), 6), round(parts["instance"], 6), round(parts["prior"], 6)]
+
+    def finish(self) -> None:
+        """Back to inference (frozen, the sampling precision) with the result saved and the
+        checkpoints gone."""
+        sd = self.sd
+        sd.unet.eval()
+        sd.text_encoder.eval()
+        if self.checkpointing:
+            sd.unet.disable_gradient_checkpointing()
+        for module in (sd.unet, sd.text_encoder):
+            module.requires_grad_(False)
+        save_tuned(sd, self.out_dir, self.config)
+        for module, base_dtype in zip((sd.unet, sd.text_encoder), self.base_dtypes):
+            if module.dtype != base_dtype:
+                module.to(base_dtype)
+        self.checkpoints.clear()
+
+    def peak_memory_gb(self) -> float | None:
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2) if self.device == "cuda" else None
 
 
 # --- saving and loading the result -------------------------------------------------------------

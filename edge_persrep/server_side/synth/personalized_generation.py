@@ -110,7 +110,10 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
 
     started = time.time()  # 3: positives from the tuned model
     subject = db.subject(request.category)
-    prompts = read_prompt_file(options.prompts_file, subject) if options.prompts_file else bank(subject, request.category)
+    if options.prompts_file:
+        prompts = read_prompt_file(options.prompts_file, subject)
+    else:
+        prompts = bank(subject, request.category)
     generated = sample_set(Sampler(sd, options.sampling), request, "positives", lambda i: prompts[i % len(prompts)],
                            {**settings, "model": "dreambooth", "token": db.token}).positives
     timings["tuned_sampling_s"] = round(time.time() - started, 1)
@@ -121,13 +124,14 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
     from ..backbones import create_backbone
 
     threshold = default_threshold(request.category) if options.min_similarity is None else options.min_similarity
-    embedder = Embedder(create_backbone(options.filter_backbone, pretrained=True, weights=options.filter_weights), device)
+    filter_model = create_backbone(options.filter_backbone, pretrained=True, weights=options.filter_weights)
+    embedder = Embedder(filter_model, device)
     report = filter_generated(embedder, photos, masks, generated, threshold, out / "filter.json")
     if not report.kept:
         best = max(report.scores.values())
-        raise EdgePersrepError(f"{out}: all {len(generated)} generated positives were filtered out (best similarity "
-                               f"{best:.3f} < threshold {threshold}); check the DreamBooth result in {out / 'positives'} "
-                               "or lower --min-similarity")
+        raise EdgePersrepError(f"{out}: all {len(generated)} generated positives were filtered out (best "
+                               f"similarity {best:.3f} < threshold {threshold}); check the DreamBooth result in "
+                               f"{out / 'positives'} or lower --min-similarity")
     timings["filter_s"] = round(time.time() - started, 1)
 
     positives = list(report.kept)

@@ -83,7 +83,8 @@ class Sampler:
         self.config = config
         self.resolution = sd.resolution
         self.pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,
-                                            unet=sd.unet, scheduler=make_scheduler(config.scheduler, sd.scheduler_config),
+                                            unet=sd.unet,
+                                            scheduler=make_scheduler(config.scheduler, sd.scheduler_config),
                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         self.pipe.set_progress_bar_config(disable=True)
 

@@ -1,0 +1,182 @@
+"""A run directory: what `personalize` made, how, and what a rerun may reuse.
+
+    run.json        what was asked (name, category, backbone + weights sha256, synth, preset, seed,
+                    photo and negative digests) + versions + timings + the calibration split
+    photos/         the reference photos (copies, downscaled); masks/ their masks, if given
+    negatives/      the training negatives; calibration/ the ones held out of training to calibrate
+                    `present` (server_side.negatives)
+    synth/          the generator's positives and manifest (resumes image by image)
+    train/          adapter/ (peft LoRA, safetensors), loss.json, summary.json
+    bundle/         the exported bundle with the object enrolled
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from ..runtime.errors import EdgePersrepError
+from ..runtime.files import atomic_write_json
+from ..runtime.finder import Finder
+from ..runtime.images import input_batch, load_image
+from ..server_side.negatives import generated_holdout
+
+COPY_SIDE = 768  # photos copied into the run directory are downscaled to this long side
+ENROLL_GENERATED_NEGATIVES = 32  # at most this many generated negatives are held out of training to calibrate
+RESUME_KEYS = ("name", "backbone", "weights_sha256", "synth", "calibrate_on", "preset", "seed", "photo_sha256",
+               "negatives", "train_config", "diffusion", "synth_data")
+
+
+def same_json(a, b) -> bool:
+    """Equal as they read back from JSON (tuples are lists there, dict order does not count)."""
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
+def copy_name(index: int, path: Path) -> str:
+    return f"{index:03d}_{path.stem}.jpg"
+
+
+def save_copy(image: Image.Image, target: Path) -> None:
+    """The run's copy of an input image: upright RGB JPEG, downscaled to COPY_SIDE."""
+    image = image.copy()
+    image.thumbnail((COPY_SIDE, COPY_SIDE), Image.BICUBIC)
+    image.save(target, format="JPEG", quality=92)
+
+
+class RunDir:
+    """Owns a run's paths, its run.json and the resume rule: a rerun with the same settings
+    reuses every finished stage; with other settings it is refused, or started over with force."""
+
+    STAGES = ("photos", "masks", "negatives", "calibration", "synth", "train", "bundle")
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.run_json = self.root / "run.json"
+        self.photos, self.masks = self.root / "photos", self.root / "masks"
+        self.negatives, self.calibration = self.root / "negatives", self.root / "calibration"
+        self.synth, self.train, self.bundle = self.root / "synth", self.root / "train", self.root / "bundle"
+
+    @classmethod
+    def existing(cls, root: Path) -> "RunDir":
+        """A finished (or started) run, for export; refuses a folder that is not one."""
+        run = cls(root)
+        if not run.run_json.is_file():
+            raise EdgePersrepError(f"{root}: not a run directory (no run.json); pass the --out of `personalize`")
+        return run
+
+    def read(self) -> dict:
+        return json.loads(self.run_json.read_text())
+
+    def write(self, record: dict) -> None:
+        atomic_write_json(self.run_json, record)
+
+    def resume(self, record: dict, force: bool) -> None:
+        """Before anything in the run is reused or overwritten: a run made with other settings is
+        refused (resuming would mix them), or with `force` its stages are deleted."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.run_json.is_file():
+            return
+        old = self.read()
+        changed = [k for k in RESUME_KEYS if not same_json(old.get(k), record[k])]
+        if not changed:
+            return
+        if not force:
+            raise EdgePersrepError(f"{self.root}: this run was made with other settings ({', '.join(changed)}); "
+                                   "resuming it would mix them. Use a new --out, or --force to start this run over")
+        for stage in self.STAGES:
+            shutil.rmtree(self.root / stage, ignore_errors=True)
+
+    # --- the inputs, copied in: the run owns them ----------------------------------------------
+
+    def copy_photos(self, paths: Sequence[Path]) -> list[Path]:
+        self.photos.mkdir(parents=True, exist_ok=True)
+        copies = []
+        for i, path in enumerate(paths):
+            target = self.photos / copy_name(i, path)
+            if not target.exists():
+                save_copy(load_image(path), target)
+            copies.append(target)
+        return copies
+
+    def copy_masks(self, masks: Sequence, reference: Sequence[Path]) -> list[Path]:
+        """Masks resized (nearest) to the run's photo copies, saved as PNG."""
+        self.masks.mkdir(parents=True, exist_ok=True)
+        copies = []
+        for mask, photo in zip(masks, reference):
+            target = self.masks / f"{photo.stem}.png"
+            size = Image.open(photo).size
+            Image.fromarray(mask.astype("uint8") * 255).resize(size, Image.NEAREST).save(target)
+            copies.append(target)
+        return copies
+
+    @staticmethod
+    def save_negatives(images: Sequence[Image.Image], indices: Sequence[int], folder: Path) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in indices:
+            target = folder / f"{i:04d}.jpg"
+            if not target.exists():
+                save_copy(images[i], target)
+            paths.append(target)
+        return paths
+
+    # --- what later stages and `export RUN` read back ------------------------------------------
+
+    def reference(self) -> list[Path]:
+        return sorted(self.photos.glob("*.jpg"))
+
+    def trained(self) -> bool:
+        return (self.train / "summary.json").is_file() and (self.train / "adapter" / "adapter_config.json").is_file()
+
+    def training_summary(self) -> dict | None:
+        path = self.train / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def finished_bundle(self, name: str, training: dict) -> bool:
+        """The bundle is finished if it loads (manifest, checksums), holds this training's model
+        and has `name` enrolled."""
+        if not (self.bundle / "bundle.json").is_file():
+            return False
+        try:
+            finder = Finder.open(self.bundle)
+        except EdgePersrepError:
+            return False  # half-written or damaged: export again
+        return same_json(finder.bundle.manifest.get("training"), training) and name in finder.store.objects
+
+    def enrolment_negatives(self, record: dict | None = None) -> list[Path]:
+        """The negatives the run's object is calibrated on (as `personalize` chose them)."""
+        calibrate_on = (record or self.read()).get("calibrate_on", "training")
+        return split_negatives(sorted(self.negatives.glob("*.jpg")), sorted(self.calibration.glob("*.jpg")),
+                               sorted((self.synth / "negatives").glob("*.jpg")), calibrate_on)[1]
+
+    def int8_calibration(self, size: int):
+        """int8 calibration and gate images, disjoint: even-indexed synthetic positives and negatives
+        (the user's, held out or not, in their given order, then generated) calibrate; the reference
+        photos, odd-indexed positives and negatives check."""
+        from ..export.precision import CheckSet
+
+        positives = sorted((self.synth / "positives").glob("*.jpg"))
+        user_negatives = [*self.negatives.glob("*.jpg"), *self.calibration.glob("*.jpg")]
+        negatives = (sorted(user_negatives, key=lambda p: p.name) + sorted((self.synth / "negatives").glob("*.jpg")))
+        calibration = input_batch(positives[0::2][:64] + negatives[0::2][:32], size)
+        checks = CheckSet(input_batch(self.reference(), size), input_batch(positives[1::2][:32], size),
+                          input_batch(negatives[1::2][:32], size))
+        return calibration, checks
+
+
+def split_negatives(negatives: list[Path], calibration: list[Path], generated: Sequence[Path],
+                    calibrate_on: str) -> tuple[list[Path], list[Path]]:
+    """Training negatives (the user's kept ones + generated ones) and enrolment calibration negatives.
+    `held-out`: the user's held-out ones + a few held-out generated ones; with nothing held out (too
+    few negatives) enrolment calibrates on the training negatives, as the run's record says.
+    `training`: the user's negatives + the first generated ones, all also trained against."""
+    if calibrate_on == "training":
+        return negatives + list(generated), negatives + list(generated[:ENROLL_GENERATED_NEGATIVES])
+    kept, held = generated_holdout(len(generated), ENROLL_GENERATED_NEGATIVES)
+    train_negatives = negatives + [generated[i] for i in kept]
+    enroll_negatives = calibration + [generated[i] for i in held]
+    return train_negatives, enroll_negatives or train_negatives
