@@ -38,6 +38,40 @@ def test_components_and_largest():
     assert dense.connected_components(diagonal)[1] == 3
 
 
+def test_anchor_picks_the_blob_it_overlaps_not_the_largest():
+    m = np.zeros((6, 8), bool)
+    m[0:2, 0:2] = True  # area 4: where the object was recognised
+    m[2:6, 4:8] = True  # area 16: a bigger look-alike
+    anchor = np.zeros_like(m)
+    anchor[0:3, 0:3] = True
+    assert dense.largest_component(m, anchor=anchor)[0:2, 0:2].all()
+    assert dense.largest_component(m, anchor=anchor).sum() == 4
+    assert dense.largest_component(m, anchor=np.zeros_like(m)).sum() == 16  # overlaps none: the largest
+    assert not dense.largest_component(m, min_area=5, anchor=anchor)[0:2, 0:2].any()  # too small: not kept
+
+
+def test_localize_with_an_anchor_boxes_the_recognised_object():
+    sim = np.zeros((10, 10), np.float32)
+    sim[1:3, 1:3] = 1.0  # the object, small (grid cell = 32 px of a 320 px photo)
+    sim[4:9, 4:9] = 0.9  # a look-alike, larger
+    assert dense.localize(sim, 320, 320)[1][0] > 100  # without an anchor: the look-alike
+    x0, y0, x1, y1 = dense.localize(sim, 320, 320, anchor=(32, 32, 96, 96))[1]
+    assert x1 < 120 and y1 < 120
+
+
+def test_object_window_is_the_largest_near_best_window_around_the_best():
+    cells = np.array([[2, 2, 4, 4],    # the best: a part of the object
+                      [1, 1, 5, 5],    # the whole object: within the slack, contains the centre
+                      [0, 0, 8, 8],    # object + look-alike: scores lower than the slack allows
+                      [5, 5, 9, 9]])   # elsewhere, as large, near-best: does not contain the centre
+    scores = np.array([0.80, 0.79, 0.70, 0.795])
+    assert dense.object_window(scores, cells, slack=0.02).tolist() == [1, 1, 5, 5]
+    assert dense.object_window(scores, cells, slack=0.0).tolist() == [2, 2, 4, 4]
+    assert dense.object_window(scores, cells, slack=0.2).tolist() == [0, 0, 8, 8]
+    two = np.array([[2, 2, 4, 4], [1, 1, 5, 5], [3, 3, 7, 7]])  # equally large around the best: their mean box
+    assert dense.object_window(np.array([0.8, 0.79, 0.79]), two, slack=0.02).tolist() == [2, 2, 6, 6]
+
+
 def test_mask_box_is_exclusive_extent():
     m = np.zeros((10, 10), bool)
     m[2:5, 3:8] = True

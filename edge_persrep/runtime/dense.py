@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 WORK_SIDE = 128  # long side of the grid on which the mask is thresholded and cleaned
+LOCATE_SLACK = 0.02  # object_window: chosen on one procedural dataset, checked on another (benchmarks/dense_grid.py)
 MIN_BLOB_PIXELS = 100  # paper: blobs smaller than this (photo pixels) are dropped
 
 
@@ -121,17 +122,29 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, len(label_of)
 
 
-def largest_component(mask: np.ndarray, min_area: int = 1) -> np.ndarray:
-    """The largest 4-connected blob of `mask` with at least `min_area` pixels (all False if none)."""
+def largest_component(mask: np.ndarray, min_area: int = 1, anchor: np.ndarray | None = None) -> np.ndarray:
+    """The largest 4-connected blob of `mask` with at least `min_area` pixels (all False if none).
+
+    With `anchor` (a bool map of the same shape: where the object was recognised), the blob that
+    overlaps it most wins instead, the largest one only among equals or when none overlaps: in a
+    cluttered photo, look-alikes light up the similarity map too, and the biggest of them is not
+    necessarily the one recognised."""
     labels, n = connected_components(mask)
     if n == 0:
         return np.zeros_like(mask, dtype=bool)
     areas = np.bincount(labels.ravel(), minlength=n + 1)
     areas[0] = 0
-    best = int(np.argmax(areas))
-    if areas[best] < min_area:
+    areas[areas < min_area] = 0
+    if not areas.any():
         return np.zeros_like(mask, dtype=bool)
-    return labels == best
+    rank = areas.astype(np.float64)
+    if anchor is not None:
+        overlap = np.bincount(labels[anchor], minlength=n + 1).astype(np.float64)
+        overlap[0] = 0
+        overlap[areas == 0] = 0
+        if overlap.any():
+            rank = overlap * (areas.max() + 1) + areas  # most overlap first, then the larger
+    return labels == int(np.argmax(rank))
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -142,18 +155,46 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def localize(sim: np.ndarray, width: int, height: int) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
-    """Similarity map [h, w] -> (bool mask [height, width], box in photo pixels or None)."""
+def localize(sim: np.ndarray, width: int, height: int,
+             anchor: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """Similarity map [h, w] -> (bool mask [height, width], box in photo pixels or None).
+
+    Otsu's cut of the upsampled map, cleaned; the blob kept is the largest. With `anchor` (a box in
+    photo pixels: where the object is, `object_window`), the blob that overlaps it most, cut to
+    the anchor (the anchor itself if nothing of the blob is left): in clutter, look-alikes beside
+    the object pass Otsu's cut too and join its blob."""
     scale = WORK_SIDE / max(width, height)
     work_w, work_h = max(1, round(width * scale)), max(1, round(height * scale))
     fine = upsample(sim, work_w, work_h)
     binary = clean_mask(fine > otsu_threshold(fine))
     min_area = max(1, round(MIN_BLOB_PIXELS * (work_w * work_h) / (width * height)))
-    blob = largest_component(binary, min_area=min_area)
+    anchor_map = None
+    if anchor is not None:
+        x0, y0, x1, y1 = (round(v * scale) for v in anchor)
+        anchor_map = np.zeros((work_h, work_w), dtype=bool)
+        anchor_map[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)] = True
+    blob = largest_component(binary, min_area=min_area, anchor=anchor_map)
+    if anchor_map is not None:
+        blob = blob & anchor_map if (blob & anchor_map).any() else anchor_map
     if not blob.any():
         return np.zeros((height, width), dtype=bool), None
     full = upsample(blob.astype(np.float32), width, height) >= 0.5
     return full, mask_box(full)
+
+
+def object_window(scores: np.ndarray, cells: np.ndarray, slack: float = LOCATE_SLACK) -> np.ndarray:
+    """Where the object is on the grid, from the region windows' scores [N] and boxes [N, 4] (cells):
+    the largest window scoring within `slack` of the best one that contains the best one's centre
+    (several equally large ones: their mean box, so that no direction is preferred).
+    The best window alone is often a part of a large object (a part matches the references as well
+    as the whole); windows that reach over a look-alike or background score lower and are left out."""
+    best = cells[int(np.argmax(scores))]
+    cx, cy = (best[0] + best[2]) / 2, (best[1] + best[3]) / 2
+    near = (scores >= scores.max() - slack) & (cells[:, 0] <= cx) & (cx <= cells[:, 2]) \
+        & (cells[:, 1] <= cy) & (cy <= cells[:, 3])
+    areas = np.where(near, (cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1]), -1)
+    largest = cells[areas == areas.max()]
+    return np.rint(largest.mean(axis=0)).astype(cells.dtype)  # equally large ones: their mean box
 
 
 def mask_to_grid(mask: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:

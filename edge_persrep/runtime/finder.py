@@ -164,7 +164,7 @@ class Finder:
         chosen = self._objects(names)
         embeddings, object_features, offsets, objects = self._reference_matrix()
         global_best = np.maximum.reduceat(embeddings @ features.embedding, offsets)
-        windows, cells = dense.region_windows(features.grid)
+        windows, cells = self._region_windows(features)
         window_sims = windows @ object_features.T  # [windows, sum K]
         best_per_reference, best_window = window_sims.max(axis=0), window_sims.argmax(axis=0)
         bounds = list(offsets) + [len(best_per_reference)]
@@ -182,7 +182,10 @@ class Finder:
         """Fill `match.box`, `match.box_score` (and `match.mask`) from the patch-similarity map."""
         p = self.store.objects[match.name]
         sim = dense.similarity_map(features.grid, p.targets)
-        mask, box = dense.localize(sim, features.width, features.height)
+        windows, cells = self._region_windows(features)
+        extent = dense.object_window((windows @ p.box_features.T).max(axis=1), cells)
+        anchor = dense.cells_to_pixels(extent, features.grid.shape[:2], features.width, features.height)
+        mask, box = dense.localize(sim, features.width, features.height, anchor=anchor)
         match.box = box
         if box is not None:
             match.box_score = float((p.box_features @ self._box_pooled(features, box)).max())
@@ -204,6 +207,15 @@ class Finder:
         """Rank gallery photos by how strongly they show `name`: [(index, score)], best first."""
         (p,) = self._objects([name])
         return top_k(np.stack([g.embedding for g in gallery]), p.embeddings, top or len(gallery))
+
+    def _region_windows(self, features: ImageFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """dense.region_windows of this photo's grid, kept for the last photo: classify and locate
+        of one photo pool the windows once."""
+        cached = getattr(self, "_windows_of", None)
+        if cached is None or cached[0] is not features.grid:
+            cached = (features.grid, *dense.region_windows(features.grid))
+            self._windows_of = cached
+        return cached[1], cached[2]
 
     @staticmethod
     def _box_pooled(features: ImageFeatures, box: tuple[int, int, int, int]) -> np.ndarray:
