@@ -16,8 +16,9 @@ Reported per target and model (what the user sees first):
     present_bacc_global         `present` as before region scoring: the global score against a
                                 threshold calibrated on global scores (side by side, same features)
     pointing                    scenes where the best region window's centre lies in the target's cell
-    box_iou                     mean IoU of `find`'s box (similarity map, Otsu, largest blob) with
-                                the target's cell, on small / scene images
+    box_iou                     mean IoU of `find`'s box (similarity map, Otsu, the blob at the
+                                object's window: dense.object_window) with the target's cell, on
+                                small / scene images
     retrieval_top1              single-subject images of the target: is the nearest of the gallery
                                 (target + unseen subjects' reference photos) the target's?
 
