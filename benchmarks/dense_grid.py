@@ -4,7 +4,8 @@
 Per size: the pretrained bundle and each given run re-exported (`export RUN --input-size S`), then
 every object's classification AP, detection and segmentation COCO mAP / mAP50 per split (the
 eval runner's scoring), and the median latency of one model run and of `find` (all tasks) on one
-photo, measured side by side in this one process.
+photo, measured side by side in this one process. `--baseline-boxes` also scores the same bundles
+with the box rule before `dense.object_window` (the largest blob of the similarity map), side by side.
 
     edge-persrep make-dataset procedural --out data/proc --objects 8
     edge-persrep eval data/proc --synth augment --objects mug1,mug2,ball1,ball2 --steps 80 --out runs/eval
@@ -23,7 +24,7 @@ import numpy as np
 from edge_persrep.eval.bench import median_ms
 from edge_persrep.eval.runner import load_pods, score_bundle
 from edge_persrep.pipeline import RunDir, export_pretrained, export_run
-from edge_persrep.runtime import Bundle, Finder, PrototypeStore
+from edge_persrep.runtime import Bundle, Finder, PrototypeStore, dense
 from edge_persrep.runtime.images import load_image, resize_to_input
 
 METRICS = ("classification_ap", "detection_map50", "detection_map", "segmentation_map50", "segmentation_map")
@@ -39,6 +40,19 @@ def mean_over(results: dict, splits: list[str] | None = None) -> dict:
                     if k in metrics:
                         values.setdefault(k, []).append(metrics[k])
     return {k: round(float(np.mean(v)), 4) for k, v in values.items()}
+
+
+class LargestBlobFinder(Finder):
+    """The box rule before object_window: the largest blob of the similarity map's Otsu cut."""
+
+    def locate(self, features, match, with_mask):
+        p = self.store.objects[match.name]
+        sim = dense.similarity_map(features.grid, p.targets)
+        mask, match.box = dense.localize(sim, features.width, features.height)
+        if match.box is not None:
+            match.box_score = float((p.box_features @ self._box_pooled(features, match.box)).max())
+        match.mask = mask if with_mask else None
+        return match
 
 
 def latency(bundle_dir: Path, obj, photo: Path, repeats: int) -> dict:
@@ -61,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="320,448,640")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("runs/dense_grid"))
+    ap.add_argument("--baseline-boxes", action="store_true", help="also score with the largest-blob box rule")
     args = ap.parse_args(argv)
     evalset = load_pods(args.dataset)
     objects = {o.name: o for o in evalset.objects}
@@ -72,14 +87,21 @@ def main(argv=None) -> int:
     for size in map(int, args.sizes.split(",")):
         row: dict = {}
         pretrained = export_pretrained(args.backbone, args.out / f"pretrained-{size}", force=True, size=size)
-        row["pretrained"] = {"results": score_bundle(pretrained, evalset, chosen),
-                             **latency(pretrained, chosen[0], photo, args.repeats)}
+        timing = latency(pretrained, chosen[0], photo, args.repeats)
+        row["pretrained"] = {"results": score_bundle(pretrained, evalset, chosen), **timing}
+        if args.baseline_boxes:
+            row["pretrained, largest blob"] = {
+                "results": score_bundle(pretrained, evalset, chosen, finder_class=LargestBlobFinder), **timing}
         if runs:
-            personalized = {}
-            for name, run in runs.items():
-                bundle = export_run(run, args.out / f"{name}-{size}", force=True, size=size)
-                personalized.update(score_bundle(bundle, evalset, [objects[name]]))
-            row["personalized"] = {"results": personalized, **latency(bundle, chosen[0], photo, args.repeats)}
+            bundles = {name: export_run(run, args.out / f"{name}-{size}", force=True, size=size)
+                       for name, run in runs.items()}
+            timing = latency(bundles[chosen[0].name], chosen[0], photo, args.repeats)
+            row["personalized"] = {"results": {n: score_bundle(b, evalset, [objects[n]])[n]
+                                               for n, b in bundles.items()}, **timing}
+            if args.baseline_boxes:
+                row["personalized, largest blob"] = {
+                    "results": {n: score_bundle(b, evalset, [objects[n]], finder_class=LargestBlobFinder)[n]
+                                for n, b in bundles.items()}, **timing}
         for model in row.values():
             model["all"] = mean_over(model["results"])
             model["per_split"] = {s: mean_over(model["results"], [s]) for s in splits}
@@ -88,7 +110,7 @@ def main(argv=None) -> int:
         grid = (layout.grid_height, layout.grid_width)
         for model, r in row.items():
             scores = "  ".join(f"{k} {v:.3f}" for k, v in r["all"].items())
-            print(f"{size}px ({grid[0]}x{grid[1]}) {model:12s} {scores}"
+            print(f"{size}px ({grid[0]}x{grid[1]}) {model:26s} {scores}"
                   + f"  run {r['session_run_ms']:.1f} ms  find {r['find_all_ms']:.1f} ms", flush=True)
     print("\n| size | grid | model | split | cls AP | det mAP50 | det mAP | seg mAP50 | seg mAP | run ms | find ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -225,12 +225,14 @@ def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, ste
             "results": results, "summary": summarize(results), "timings": timings, "examples": examples}
 
 
-def score_bundle(bundle_dir: Path, evalset: EvalSet, objects: list[EvalObject], examples: list | None = None) -> dict:
+def score_bundle(bundle_dir: Path, evalset: EvalSet, objects: list[EvalObject], examples: list | None = None,
+                 finder_class: type[Finder] = Finder) -> dict:
     """{object: {split: metrics}} for `objects` under one bundle's model: every test image and
-    gallery photo embedded once (one model run each), each object enrolled from its training photos."""
+    gallery photo embedded once (one model run each), each object enrolled from its training photos.
+    `finder_class`: a Finder with another rule to compare (benchmarks)."""
     bundle = Bundle.load(bundle_dir)
     layout = bundle.layout
-    finder = Finder(bundle, PrototypeStore(bundle.model_sha256, layout.embedding_dim, layout.grid_dim))
+    finder = finder_class(bundle, PrototypeStore(bundle.model_sha256, layout.embedding_dim, layout.grid_dim))
     feats = finder.embed([t.path for t in evalset.tests])
     gallery = np.stack([g.embedding for g in finder.embed([p for o in evalset.objects for p in o.train])])
     gallery_owner = np.array([o.name for o in evalset.objects for _ in o.train])
