@@ -22,6 +22,16 @@ from .server_side.options import (
     SCHEDULER_STEPS,
 )
 
+BUNDLE_HELP = "a bundle folder, or a `personalize` run directory (its bundle/ is used)"
+
+
+def bundle_dir(value: str) -> Path:
+    """A bundle folder as given, or a run directory's bundle/ (`find RUN` works like `find RUN/bundle`)."""
+    path = Path(value)
+    if (path / "run.json").is_file() and not (path / "bundle.json").is_file() and (path / "bundle").is_dir():
+        return path / "bundle"
+    return path
+
 
 def _add_personalize(sub) -> None:
     p = sub.add_parser("personalize", help="photos of one object -> personalized bundle (server side, torch)")
@@ -159,28 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_export(sub)
     p = sub.add_parser("enroll", help="add an object to a bundle from its photos (runtime only)")
-    p.add_argument("bundle", type=Path)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--name", required=True)
-    p.add_argument("--category", default="")
+    p.add_argument("bundle", type=bundle_dir, help=BUNDLE_HELP)
+    p.add_argument("images", nargs="+", help="photos of the object, or folders of them")
+    p.add_argument("--name", required=True, help="what to call the object (an existing name is replaced)")
+    p.add_argument("--category", default="", help="its category, e.g. dog (informative)")
     p.add_argument("--negatives", type=Path, action="append", default=[], help="photos to calibrate the threshold")
     p = sub.add_parser("find", help="look for the enrolled objects in photos (runtime only)")
-    p.add_argument("bundle", type=Path)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--task", default="all", choices=["classify", "detect", "segment", "all"])
+    p.add_argument("bundle", type=bundle_dir, help=BUNDLE_HELP)
+    p.add_argument("images", nargs="+", help="photos, or folders of them")
+    p.add_argument("--task", default="all", choices=["classify", "detect", "segment", "all"],
+                   help="classify: score and present; detect: + box; segment: + mask; all (default): all of it")
     p.add_argument("--name", action="append", help="only these objects (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     p.add_argument("--overlays", type=Path, help="write box/mask overlays (and mask PNGs) here")
     p.add_argument("--variant", help="run a variant instead of the fp32 model: fp16, int8, ort")
     p = sub.add_parser("retrieve", help="rank a folder of photos by how strongly they show an object")
-    p.add_argument("bundle", type=Path)
-    p.add_argument("gallery", nargs="+")
-    p.add_argument("--name", required=True)
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("bundle", type=bundle_dir, help=BUNDLE_HELP)
+    p.add_argument("gallery", nargs="+", help="the photos to rank, or folders of them")
+    p.add_argument("--name", required=True, help="the enrolled object to rank them by")
+    p.add_argument("--top", type=int, default=10, help="how many to list (default 10)")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
     p = sub.add_parser("info", help="what a bundle holds, and whether its checks pass")
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("bundle", type=bundle_dir, help=BUNDLE_HELP)
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
     p = sub.add_parser("eval", help="pretrained vs personalized on the four tasks; writes report.json + index.html")
     p.add_argument("--dataset", required=True, type=Path)
     p.add_argument("--layout", default="pods", choices=["pods", "procedural", "dreambooth"])

@@ -51,6 +51,12 @@ def test_retrieve_ranks_the_object_first(personalized_run, examples):
     assert [r["rank"] for r in ranks] == [1, 2, 3, 4, 5]
 
 
+def test_a_run_directory_stands_for_its_bundle(personalized_run):
+    """`info RUN` (and find, retrieve, enroll) use RUN/bundle: a new user's natural first try."""
+    info = json.loads(run_cli("info", personalized_run, "--json").stdout)
+    assert info["bundle"].endswith("bundle") and [o["name"] for o in info["objects"]] == ["my_dog"]
+
+
 def test_enroll_a_second_object_and_info(personalized_run, examples, tmp_path):
     import shutil
 
