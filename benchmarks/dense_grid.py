@@ -24,7 +24,7 @@ import numpy as np
 from edge_persrep.eval.bench import median_ms
 from edge_persrep.eval.runner import load_pods, score_bundle
 from edge_persrep.pipeline import RunDir, export_pretrained, export_run
-from edge_persrep.runtime import Bundle, Finder, PrototypeStore, dense
+from edge_persrep.runtime import Bundle, Finder, PrototypeStore
 from edge_persrep.runtime.images import load_image, resize_to_input
 
 METRICS = ("classification_ap", "detection_map50", "detection_map", "segmentation_map50", "segmentation_map")
@@ -43,16 +43,11 @@ def mean_over(results: dict, splits: list[str] | None = None) -> dict:
 
 
 class LargestBlobFinder(Finder):
-    """The box rule before object_window: the largest blob of the similarity map's Otsu cut."""
+    """The box rule before object_window: no extent, so `localize` keeps the largest blob of the
+    similarity map's Otsu cut."""
 
-    def locate(self, features, match, with_mask):
-        p = self.store.objects[match.name]
-        sim = dense.similarity_map(features.grid, p.targets)
-        mask, match.box = dense.localize(sim, features.width, features.height)
-        if match.box is not None:
-            match.box_score = float((p.box_features @ self._box_pooled(features, match.box)).max())
-        match.mask = mask if with_mask else None
-        return match
+    def _object_extent(self, features, p):
+        return None
 
 
 def latency(bundle_dir: Path, obj, photo: Path, repeats: int) -> dict:

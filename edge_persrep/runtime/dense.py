@@ -175,7 +175,8 @@ def localize(sim: np.ndarray, width: int, height: int,
         anchor_map[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)] = True
     blob = largest_component(binary, min_area=min_area, anchor=anchor_map)
     if anchor_map is not None:
-        blob = blob & anchor_map if (blob & anchor_map).any() else anchor_map
+        inside = blob & anchor_map
+        blob = inside if inside.any() else anchor_map
     if not blob.any():
         return np.zeros((height, width), dtype=bool), None
     full = upsample(blob.astype(np.float32), width, height) >= 0.5

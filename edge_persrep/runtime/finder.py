@@ -182,10 +182,7 @@ class Finder:
         """Fill `match.box`, `match.box_score` (and `match.mask`) from the patch-similarity map."""
         p = self.store.objects[match.name]
         sim = dense.similarity_map(features.grid, p.targets)
-        windows, cells = self._region_windows(features)
-        extent = dense.object_window((windows @ p.box_features.T).max(axis=1), cells)
-        anchor = dense.cells_to_pixels(extent, features.grid.shape[:2], features.width, features.height)
-        mask, box = dense.localize(sim, features.width, features.height, anchor=anchor)
+        mask, box = dense.localize(sim, features.width, features.height, anchor=self._object_extent(features, p))
         match.box = box
         if box is not None:
             match.box_score = float((p.box_features @ self._box_pooled(features, box)).max())
@@ -207,6 +204,13 @@ class Finder:
         """Rank gallery photos by how strongly they show `name`: [(index, score)], best first."""
         (p,) = self._objects([name])
         return top_k(np.stack([g.embedding for g in gallery]), p.embeddings, top or len(gallery))
+
+    def _object_extent(self, features: ImageFeatures, p: Prototype) -> tuple[int, int, int, int] | None:
+        """Where the object is in the photo (pixels): the box `locate` keeps its blob to
+        (dense.object_window over the region windows)."""
+        windows, cells = self._region_windows(features)
+        extent = dense.object_window((windows @ p.box_features.T).max(axis=1), cells)
+        return dense.cells_to_pixels(extent, features.grid.shape[:2], features.width, features.height)
 
     def _region_windows(self, features: ImageFeatures) -> tuple[np.ndarray, np.ndarray]:
         """dense.region_windows of this photo's grid, kept for the last photo: classify and locate
