@@ -151,6 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench-personalization"))
     ap.add_argument("--targets", help="comma-separated subjects (default: every one with a same-category look-alike)")
     ap.add_argument("--preset", default="quick")
+    ap.add_argument("--synth", default="augment", help="personalize --synth: augment | context | ...")
     ap.add_argument("--steps", type=int, help="override the preset's training steps")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds of the personalized model ('' = pretrained only)")
     ap.add_argument("--calibrate-on", default="training", help="personalize --calibrate-on: training | held-out")
@@ -177,8 +178,9 @@ def main(argv=None) -> int:
         for seed in seeds:
             started = time.time()
             bundle = personalize(PersonalizeRequest(
-                s.photos[:3], target, s.category, args.out / "runs" / f"{target}-seed{seed}", negatives=[negatives],
-                preset=args.preset, steps=args.steps, seed=seed, device="cpu", calibrate_on=args.calibrate_on))
+                s.photos[:3], target, s.category, args.out / "runs" / args.synth / f"{target}-seed{seed}",
+                negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
+                device="cpu", calibrate_on=args.calibrate_on))
             row["personalize_seconds"][str(seed)] = round(time.time() - started, 1)
             run = RunDir(bundle.parent)
             record = run.read()
@@ -198,7 +200,8 @@ def main(argv=None) -> int:
 
     summary = summarize(rows, seeds)
     report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3},
-              "calibrate_on": args.calibrate_on, "preset": args.preset, "steps": args.steps, "seeds": seeds,
+              "calibrate_on": args.calibrate_on, "synth": args.synth, "preset": args.preset, "steps": args.steps,
+              "seeds": seeds,
               "targets": rows, "mean": summary}
     (args.out / "personalization.json").write_text(json.dumps(report, indent=2))
     print_tables(rows, summary, seeds)

@@ -99,6 +99,9 @@ def test_localize_recovers_a_blob_box():
     x0, y0, x1, y1 = box
     # grid cell = 20 x 10 px: expected extent about x 80-180, y 20-60 (bilinear blurs half a cell)
     assert abs(x0 - 80) <= 12 and abs(x1 - 180) <= 12 and abs(y0 - 20) <= 6 and abs(y1 - 60) <= 6
+    mx0, my0, mx1, my1 = dense.mask_box(mask)
+    assert x0 <= mx0 and y0 <= my0 and mx1 <= x1 and my1 <= y1 and (mx1 - mx0) >= (x1 - x0) - 4  # box = mask's
+    assert dense.localize(sim, width=200, height=100, with_mask=False) == (None, box)  # same box, no mask drawn
 
 
 def test_localize_drops_blobs_below_100_pixels():
@@ -178,3 +181,20 @@ def test_window_sizes_follow_the_grid():
     assert dense.window_sizes((10, 10)) == [(3, 3), (4, 4), (6, 6)]  # round(4.5) = 4
     assert dense.window_sizes((2, 2)) == [(1, 1)]
     assert dense.cells_to_pixels((1, 2, 3, 4), (10, 10), 200, 100) == (20, 20, 60, 40)
+
+
+def test_mask_rle_by_hand_and_as_coco_reads_it():
+    from edge_persrep.runtime.dense import mask_to_rle, rle_to_mask
+
+    mask = np.array([[0, 1, 1],
+                     [0, 1, 0]], bool)
+    # column-major: 0 0 | 1 1 | 1 0 -> runs of False/True: 2, 3, 1
+    assert mask_to_rle(mask) == {"size": [2, 3], "counts": [2, 3, 1]}
+    assert mask_to_rle(~mask) == {"size": [2, 3], "counts": [0, 2, 3, 1]}  # starts with True: a 0-run first
+    assert mask_to_rle(np.zeros((2, 2), bool))["counts"] == [4]
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    big = np.random.default_rng(0).random((37, 53)) > 0.6
+    rle = mask_to_rle(big)
+    assert (rle_to_mask(rle) == big).all()
+    decoded = mask_utils.decode(mask_utils.frPyObjects(rle, *rle["size"]))
+    assert (decoded.astype(bool) == big).all()

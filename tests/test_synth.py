@@ -90,3 +90,73 @@ def test_mask_to_grid_marks_half_covered_cells():
     mask = np.zeros((100, 100), bool)
     mask[:50, :60] = True  # on a 2x2 grid: top-left fully, top-right 20% covered
     assert mask_to_grid(mask, (2, 2)).tolist() == [[True, False], [False, False]]
+
+
+def test_context_alternates_photos_and_the_object_small_on_the_negatives(examples, tmp_path):
+    from edge_persrep.server_side.synth.context import CONTEXT_SCALE
+
+    photos = list_images([examples / "dog"])
+    negatives = list_images([examples / "negatives"])
+    masks = synth.match_masks(photos, _masks(examples, tmp_path))
+    result = synth.generate("context", _request(examples, tmp_path / "ctx", masks=masks, backgrounds=negatives))
+    entries = json.loads(result.manifest.read_text())["images"]
+    assert [e["kind"] for e in entries] == ["photo", "in_context"] * 3
+    assert [e["source"] for e in entries] == ["00.jpg", "00.jpg", "01.jpg", "01.jpg", "02.jpg", "02.jpg"]
+    for entry, path in zip(entries[1::2], result.positives[1::2]):
+        x0, y0, x1, y1 = entry["box"]
+        assert CONTEXT_SCALE[0] <= entry["scale"] <= CONTEXT_SCALE[1]
+        assert max(x1 - x0, y1 - y0) <= round(CONTEXT_SCALE[1] * 0.6 * 256) + 1  # small: under half the side
+        assert entry["background"] in {p.name for p in negatives}
+        # outside the pasted box the image is the negative photo, resized
+        background = np.asarray(Image.open(negatives[[p.name for p in negatives].index(entry["background"])])
+                                .convert("RGB").resize((256, 256), Image.BICUBIC), np.float32)
+        image = np.asarray(Image.open(path), np.float32)
+        outside = np.ones((256, 256), bool)
+        outside[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = False
+        assert np.abs(image - background)[outside].mean() < 4  # JPEG noise only
+    with pytest.raises(EdgePersrepError, match="needs object masks"):
+        synth.generate("context", _request(examples, tmp_path / "no-masks"))
+
+
+def test_found_masks_cover_the_object(examples, tmp_path):
+    """Oracle: the dog pasted at a known box on a background photo; the negatives are the
+    backgrounds alone. Foreground discovery must cover the dog's box and mark mostly it: the box is
+    a quarter of the photo, so marking everything would score 0.25 on the first check."""
+    from conftest import paste_scene
+
+    from edge_persrep.server_side.backbones import create_backbone
+    from edge_persrep.server_side.object_masks import find_object_masks
+
+    dogs = list_images([examples / "dog"])
+    backgrounds = list_images([examples / "backgrounds"])
+    boxes = [(40, 60, 220, 260), (150, 30, 340, 210), (90, 140, 280, 330)]
+    (tmp_path / "photos").mkdir()
+    photos = []
+    for i, (dog, box) in enumerate(zip(dogs, boxes)):
+        photos.append(tmp_path / "photos" / f"{i}.png")
+        paste_scene(Image.open(dog), Image.open(backgrounds[i]), box).save(photos[-1])
+    found = find_object_masks(create_backbone("efficientnet_lite0"), photos, backgrounds[3:])
+    for mask, (x0, y0, x1, y1) in zip(found, boxes):
+        assert mask.shape == (384, 384)
+        inside = np.zeros_like(mask)
+        inside[y0:y1, x0:x1] = True
+        assert (mask & inside).sum() / mask.sum() >= 0.5  # measured 0.62-0.81: cells are 32 px, smoothed
+        assert (mask & inside).sum() / inside.sum() >= 0.85  # measured 0.91-0.92
+
+
+def test_personalize_with_context_finds_masks_when_none_are_given(examples, tmp_path):
+    from edge_persrep.pipeline import PersonalizeRequest, personalize
+
+    request = PersonalizeRequest([examples / "dog"], "dog", "dog", tmp_path / "run", synth_method="context",
+                                 negatives=[examples / "negatives"], steps=2)
+    personalize(request)
+    found = sorted((tmp_path / "run" / "found_masks").iterdir())
+    assert [p.name for p in found] == ["000_00.png", "001_01.png", "002_02.png"]
+    for mask in found:
+        share = (np.asarray(Image.open(mask)) > 127).mean()
+        assert 0.05 < share < 0.95  # a part of the photo, neither nothing nor everything
+    manifest = json.loads((tmp_path / "run" / "synth" / "manifest.json").read_text())
+    assert manifest["generator"] == "context" and len(manifest["images"]) == 96
+    stamps = [p.stat().st_mtime_ns for p in found]
+    personalize(request)  # a rerun finds the saved masks and does not redo them
+    assert [p.stat().st_mtime_ns for p in found] == stamps

@@ -30,6 +30,28 @@ def test_info_nce_averages_over_anchors_and_uses_all_negatives():
     assert info_nce(a, p, n, 0.07).item() == pytest.approx(torch.stack(per_anchor).mean().item(), rel=1e-5)
 
 
+def test_box_cells_are_the_cells_whose_centres_the_box_holds():
+    from edge_persrep.server_side.contrastive import box_cells
+
+    # 224 px on a 7x7 grid: cell centres at 16, 48, 80, 112, ...; x1 = 112 is exclusive
+    cells = box_cells((0, 40, 112, 100), (224, 224), (7, 7))
+    assert cells.nonzero()[0].tolist() == [1, 1, 1, 2, 2, 2] and cells.nonzero()[1].tolist() == [0, 1, 2] * 2
+    tiny = box_cells((100, 100, 104, 104), (224, 224), (7, 7))  # holds no centre: the cell of its own
+    assert tiny.sum() == 1 and tiny[3, 3]
+
+
+def test_in_context_pooling_separates_the_object_from_its_surroundings():
+    from edge_persrep.server_side.contrastive import pool_inside_and_outside
+
+    grid = torch.zeros(1, 4, 4, 2)
+    grid[..., 1] = 3.0  # surroundings point along y
+    grid[0, 1:3, 1:3] = torch.tensor([2.0, 0.0])  # the object along x
+    cells = torch.zeros(1, 4, 4, dtype=torch.bool)
+    cells[0, 1:3, 1:3] = True
+    inside, outside = pool_inside_and_outside(grid, cells)
+    assert inside.tolist() == [[1.0, 0.0]] and outside.tolist() == [[0.0, 1.0]]
+
+
 def test_paper_preset_is_the_paper_recipe():
     c = PRESETS["paper"]
     assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.lr, c.betas, c.tau, c.batch_size) == (

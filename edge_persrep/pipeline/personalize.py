@@ -28,6 +28,7 @@ from ..server_side import synth
 from ..server_side.backbones import Backbone
 from ..server_side.contrastive import load_adapter, train
 from ..server_side.negatives import identity_of, no_holdout, split_for_calibration
+from ..server_side.object_masks import find_object_masks
 from .bundles import export_bundle
 from .request import PersonalizeRequest, Plan
 from .run_dir import RunDir, copy_name, split_negatives
@@ -76,6 +77,7 @@ class TrainingData:
     """Stage 2's result."""
 
     positives: list[Path]
+    positive_boxes: list[tuple[int, int, int, int] | None]  # in-context positives: the object's box
     negatives: list[Path]  # trained against
     enrolment_negatives: list[Path]  # `present` is calibrated on these
 
@@ -160,15 +162,28 @@ def synthesise(plan: Plan, run: RunDir, prepared: Prepared) -> TrainingData:
     result = plan.synth_data
     if result is None:
         backgrounds = list_images([request.backgrounds]) if request.backgrounds else prepared.negatives
+        masks = prepared.masks
+        if masks is None and request.synth_method in synth.METHODS_FINDING_MASKS:
+            masks = _found_masks(plan, run, prepared)
         result = synth.generate(request.synth_method, synth.SynthRequest(
             photos=prepared.reference, category=request.category, out_dir=run.synth,
-            count=plan.train_config.positives, seed=request.seed, masks=prepared.masks, diffusion=plan.diffusion,
+            count=plan.train_config.positives, seed=request.seed, masks=masks, diffusion=plan.diffusion,
             backgrounds=backgrounds))
     negatives, enrolment = split_negatives(prepared.negatives, prepared.calibration, result.negatives,
                                            request.calibrate_on)
     prepared.record["calibration"].update(enrolment_negatives=len(enrolment),
                                           on_training_negatives=enrolment == negatives)
-    return TrainingData(result.positives, negatives, enrolment)
+    return TrainingData(result.positives, synth.in_context_boxes(result), negatives, enrolment)
+
+
+def _found_masks(plan: Plan, run: RunDir, prepared: Prepared) -> list[Path]:
+    """The object masks foreground discovery finds with the pretrained backbone against the
+    training negatives; saved in the run (found_masks/), and reused by a rerun."""
+    saved = [run.found_masks / f"{p.stem}.png" for p in prepared.reference]
+    if all(p.is_file() for p in saved):
+        return saved
+    masks = find_object_masks(prepared.model, prepared.reference, prepared.negatives, plan.device)
+    return run.copy_masks(masks, prepared.reference, run.found_masks)
 
 
 # --- 3. train ------------------------------------------------------------------------------------
@@ -180,4 +195,4 @@ def train_lora(plan: Plan, run: RunDir, prepared: Prepared, data: TrainingData) 
         return run.training_summary()
     anchors = [load_image(p) for p in prepared.reference]
     return train(prepared.model, anchors, data.positives, data.negatives, plan.train_config, run.train,
-                 device=plan.device)
+                 device=plan.device, positive_boxes=data.positive_boxes)

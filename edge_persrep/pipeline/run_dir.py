@@ -3,6 +3,7 @@
     run.json        what was asked (name, category, backbone + weights sha256, synth, preset, seed,
                     photo and negative digests) + versions + timings + the calibration split
     photos/         the reference photos (copies, downscaled); masks/ their masks, if given
+    found_masks/    the masks foreground discovery found (synth `context` without --masks)
     negatives/      the training negatives; calibration/ the ones held out of training to calibrate
                     `present` (server_side.negatives)
     synth/          the generator's positives and manifest (resumes image by image)
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Sequence
 from PIL import Image
 
 from ..runtime.errors import EdgePersrepError
-from ..runtime.files import atomic_write_json
+from ..runtime.files import atomic_write_bytes, atomic_write_json
 from ..runtime.finder import Finder
 from ..runtime.images import input_batch, load_image
 from ..server_side.negatives import generated_holdout
@@ -44,7 +46,14 @@ def save_copy(image: Image.Image, target: Path) -> None:
     """The run's copy of an input image: upright RGB JPEG, downscaled to COPY_SIDE."""
     image = image.copy()
     image.thumbnail((COPY_SIDE, COPY_SIDE), Image.BICUBIC)
-    image.save(target, format="JPEG", quality=92)
+    save_atomic(image, target, format="JPEG", quality=92)
+
+
+def save_atomic(image: Image.Image, target: Path, **save_options) -> None:
+    """A killed run leaves the old file or the new one, never half of one (a rerun reuses it)."""
+    buffer = io.BytesIO()
+    image.save(buffer, **save_options)
+    atomic_write_bytes(target, buffer.getvalue())
 
 
 class RunDir:
@@ -57,6 +66,7 @@ class RunDir:
         self.root = Path(root)
         self.run_json = self.root / "run.json"
         self.photos, self.masks = self.root / "photos", self.root / "masks"
+        self.found_masks = self.root / "found_masks"
         self.negatives, self.calibration = self.root / "negatives", self.root / "calibration"
         self.synth, self.train, self.bundle = self.root / "synth", self.root / "train", self.root / "bundle"
 
@@ -102,14 +112,15 @@ class RunDir:
             copies.append(target)
         return copies
 
-    def copy_masks(self, masks: Sequence, reference: Sequence[Path]) -> list[Path]:
-        """Masks resized (nearest) to the run's photo copies, saved as PNG."""
-        self.masks.mkdir(parents=True, exist_ok=True)
+    def copy_masks(self, masks: Sequence, reference: Sequence[Path], folder: Path | None = None) -> list[Path]:
+        """Masks resized (nearest) to the run's photo copies, saved as PNG in `folder` (masks/)."""
+        folder = self.masks if folder is None else folder
+        folder.mkdir(parents=True, exist_ok=True)
         copies = []
         for mask, photo in zip(masks, reference):
-            target = self.masks / f"{photo.stem}.png"
+            target = folder / f"{photo.stem}.png"
             size = Image.open(photo).size
-            Image.fromarray(mask.astype("uint8") * 255).resize(size, Image.NEAREST).save(target)
+            save_atomic(Image.fromarray(mask.astype("uint8") * 255).resize(size, Image.NEAREST), target, format="PNG")
             copies.append(target)
         return copies
 

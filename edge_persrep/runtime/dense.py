@@ -155,14 +155,37 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def localize(sim: np.ndarray, width: int, height: int,
-             anchor: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
-    """Similarity map [h, w] -> (bool mask [height, width], box in photo pixels or None).
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed run-length encoding of a bool mask [h, w]: {"size": [h, w], "counts":
+    run lengths in column-major order, starting with a run of False (0 when the first pixel is
+    True)}. Any COCO reader decodes it (pycocotools: mask.frPyObjects(rle, h, w)); JSON-ready."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """mask_to_rle's inverse."""
+    h, w = rle["size"]
+    values = np.arange(len(rle["counts"])) % 2 == 1
+    return np.repeat(values, rle["counts"]).reshape((h, w), order="F")
+
+
+def localize(sim: np.ndarray, width: int, height: int, anchor: tuple[int, int, int, int] | None = None,
+             with_mask: bool = True) -> tuple[np.ndarray | None, tuple[int, int, int, int] | None]:
+    """Similarity map [h, w] -> (bool mask [height, width] or None without `with_mask`, box in photo
+    pixels or None).
 
     Otsu's cut of the upsampled map, cleaned; the blob kept is the largest. With `anchor` (a box in
     photo pixels: where the object is, `object_window`), the blob that overlaps it most, cut to
     the anchor (the anchor itself if nothing of the blob is left): in clutter, look-alikes beside
-    the object pass Otsu's cut too and join its blob."""
+    the object pass Otsu's cut too and join its blob. All of it runs on the working grid; the box
+    is the blob's extent scaled to the photo, and only the mask is drawn at the photo's size (a
+    12-megapixel photo costs one uint8 resize, and nothing when no mask is asked for)."""
     scale = WORK_SIDE / max(width, height)
     work_w, work_h = max(1, round(width * scale)), max(1, round(height * scale))
     fine = upsample(sim, work_w, work_h)
@@ -178,9 +201,18 @@ def localize(sim: np.ndarray, width: int, height: int,
         inside = blob & anchor_map
         blob = inside if inside.any() else anchor_map
     if not blob.any():
-        return np.zeros((height, width), dtype=bool), None
-    full = upsample(blob.astype(np.float32), width, height) >= 0.5
-    return full, mask_box(full)
+        return (np.zeros((height, width), dtype=bool) if with_mask else None), None
+    x0, y0, x1, y1 = mask_box(blob)
+    sx, sy = width / work_w, height / work_h
+    box = (int(x0 * sx), int(y0 * sy), min(width, int(np.ceil(x1 * sx))), min(height, int(np.ceil(y1 * sy))))
+    mask = resize_mask(blob, width, height) if with_mask else None
+    return mask, box
+
+
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A bool mask resized (bilinear, cut at half) to [height, width], in uint8: 4x cheaper than in float."""
+    image = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.BILINEAR)
+    return np.asarray(image) >= 128
 
 
 def object_window(scores: np.ndarray, cells: np.ndarray, slack: float = LOCATE_SLACK) -> np.ndarray:

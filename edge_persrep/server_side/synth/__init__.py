@@ -1,7 +1,8 @@
 """Synthetic training data. Each generator: `generate(SynthRequest) -> SynthResult`.
 
-augment and cutpaste need only the photos (and masks); dreambooth, masked-dreambooth and combined
-run Stable Diffusion (`personalized_generation`), imported only when asked for.
+augment, cutpaste and context need only the photos (cutpaste: and masks; context finds its own);
+dreambooth, masked-dreambooth and combined run Stable Diffusion (`personalized_generation`), imported
+only when asked for.
 """
 
 from __future__ import annotations
@@ -9,8 +10,17 @@ from __future__ import annotations
 from typing import Callable
 
 from ...runtime.errors import EdgePersrepError
-from . import augment, cutpaste
-from .base import DIFFUSION_METHODS, METHODS_NEEDING_MASKS, SynthRequest, SynthResult, match_masks, read_masks
+from . import augment, context, cutpaste
+from .base import (
+    DIFFUSION_METHODS,
+    METHODS_FINDING_MASKS,
+    METHODS_NEEDING_MASKS,
+    SynthRequest,
+    SynthResult,
+    in_context_boxes,
+    match_masks,
+    read_masks,
+)
 
 
 def _diffusion(method: str) -> Callable[[SynthRequest], SynthResult]:
@@ -25,6 +35,7 @@ def _diffusion(method: str) -> Callable[[SynthRequest], SynthResult]:
 GENERATORS: dict[str, Callable[[SynthRequest], SynthResult]] = {
     "augment": augment.generate,
     "cutpaste": cutpaste.generate,
+    "context": context.generate,
     **{m: _diffusion(m) for m in DIFFUSION_METHODS},
 }
 
@@ -35,5 +46,5 @@ def generate(method: str, request: SynthRequest) -> SynthResult:
     return GENERATORS[method](request)
 
 
-__all__ = ["DIFFUSION_METHODS", "GENERATORS", "METHODS_NEEDING_MASKS", "SynthRequest", "SynthResult", "generate",
-           "match_masks", "read_masks"]
+__all__ = ["DIFFUSION_METHODS", "GENERATORS", "METHODS_FINDING_MASKS", "METHODS_NEEDING_MASKS",
+           "SynthRequest", "SynthResult", "generate", "in_context_boxes", "match_masks", "read_masks"]

@@ -47,6 +47,7 @@ class SynthResult:
 
 DIFFUSION_METHODS = ("dreambooth", "masked-dreambooth", "combined")  # they run Stable Diffusion
 METHODS_NEEDING_MASKS = ("cutpaste", "masked-dreambooth", "combined")
+METHODS_FINDING_MASKS = ("context",)  # without --masks, `personalize` finds them (server_side.object_masks)
 
 
 def load_masks(request: SynthRequest) -> list[np.ndarray]:
@@ -166,6 +167,17 @@ def image_file(subdir: str, index: int) -> str:
 
 def _result(request: SynthRequest, manifest: dict, files: set[str], manifest_path: Path) -> SynthResult:
     return SynthResult([request.out_dir / e["file"] for e in manifest["images"] if e["file"] in files], manifest_path)
+
+
+def in_context_boxes(result: SynthResult) -> list[tuple[int, int, int, int] | None]:
+    """Per positive, the box of the object pasted in context (synth `context`, kind "in_context" in
+    the manifest), else None: training scores those inside their box (server_side.contrastive)."""
+    entries = {e["file"]: e for e in json.loads(result.manifest.read_text())["images"]}
+    boxes = []
+    for path in result.positives:
+        entry = entries.get(f"{path.parent.name}/{path.name}", {})
+        boxes.append(tuple(entry["box"]) if entry.get("kind") == "in_context" else None)
+    return boxes
 
 
 def _part_name(manifest_name: str, rank: int, world: int) -> str:

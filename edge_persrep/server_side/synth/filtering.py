@@ -74,7 +74,7 @@ def filter_generated(embed: Embedder, photos: Sequence[Image.Image], masks: Sequ
         images = [load_image(p) for p in paths]
         located = []
         for image, f in zip(images, embed(images)):
-            _, box = dense.localize(dense.similarity_map(f.grid, targets), f.width, f.height)
+            _, box = dense.localize(dense.similarity_map(f.grid, targets), f.width, f.height, with_mask=False)
             located.append(image.crop(box) if box is not None else image)
         for path, f in zip(paths, embed(located)):
             scores[score_key(path)] = round(float((reference @ f.embedding).mean()), 4)
