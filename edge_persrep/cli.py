@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .runtime.errors import EdgePersrepError
 from .server_side.options import (
+    BACKBONES,
     CALIBRATE_ON,
     DEFAULT_BACKBONE,
     DEFAULT_PRESET,
@@ -23,6 +24,7 @@ from .server_side.options import (
 )
 
 BUNDLE_HELP = "a bundle folder, or a `personalize` run directory (its bundle/ is used)"
+BACKBONE_HELP = f"{' | '.join(BACKBONES)} (default {DEFAULT_BACKBONE}: the edge default, its weights ship as a package)"
 
 
 def bundle_dir(value: str) -> Path:
@@ -39,24 +41,27 @@ def _add_personalize(sub) -> None:
     p.add_argument("--name", required=True, help="what to call the object")
     p.add_argument("--category", required=True, help="its category, e.g. dog, mug, sneaker")
     p.add_argument("--out", required=True, type=Path, help="run directory (resumable; bundle in OUT/bundle)")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
     p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors or state dict)")
     p.add_argument("--synth", default=DEFAULT_SYNTH,
-                   help="augment | cutpaste | dreambooth | masked-dreambooth | combined (the last three run "
-                        "Stable Diffusion: a GPU machine, see --sd-model)")
+                   help="augment | context (augment + the object pasted small onto the negatives; masks found "
+                        "when not given) | cutpaste | dreambooth | masked-dreambooth | combined (the last three "
+                        "run Stable Diffusion: a GPU machine, see --sd-model)")
     p.add_argument("--synth-data", type=Path, help="use a finished `edge-persrep synth` output instead of generating")
     p.add_argument("--negatives", type=Path, action="append", default=[],
-                   help="folder of photos of other objects of the same category (repeatable)")
+                   help="folder of photos of other objects of the same category (repeatable; needed unless "
+                        "--others is given or a Stable Diffusion --synth generates them)")
     p.add_argument("--others", type=Path, help="a bundle whose enrolled objects serve as negatives")
     p.add_argument("--calibrate-on", choices=CALIBRATE_ON, default=None,
                    help="negatives the present threshold is calibrated on: the ones trained against (default), "
                         "or whole look-alikes (NAME_*.jpg) held out of training")
-    p.add_argument("--masks", type=Path, help="folder of object masks named like the photos (cutpaste)")
-    p.add_argument("--backgrounds", type=Path, help="folder of background photos for cutpaste")
+    p.add_argument("--masks", type=Path, help="folder of object masks named like the photos (cutpaste; context)")
+    p.add_argument("--backgrounds", type=Path,
+                   help="folder of background photos for cutpaste and context (default: the negatives)")
     p.add_argument("--preset", default=DEFAULT_PRESET, help="quick (CPU, minutes) | paper (the paper's recipe)")
     p.add_argument("--steps", type=int, help="override the preset's number of training steps")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of synthesis and training (default 0)")
     p.add_argument("--force", action="store_true", help="write into a non-empty directory that is not a run")
     _add_diffusion_options(p)
 
@@ -119,26 +124,28 @@ def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="synthesis alone: photos -> generated positives and negatives (inspectable; "
                                      "shards over GPUs under torchrun / accelerate launch --multi_gpu)")
     p.add_argument("images", nargs="+", help="photos of the object, or a folder of them")
-    p.add_argument("--category", required=True)
+    p.add_argument("--category", required=True, help="the object's category, e.g. dog (prompts and negatives)")
     p.add_argument("--out", required=True, type=Path, help="data directory (resumable)")
-    p.add_argument("--method", default="dreambooth", choices=["dreambooth", "masked-dreambooth", "combined"])
+    p.add_argument("--method", default="dreambooth", choices=["dreambooth", "masked-dreambooth", "combined"],
+                   help="the generator (default dreambooth)")
     p.add_argument("--masks", type=Path, help="folder of object masks named like the photos")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="the filter's embedder")
     p.add_argument("--weights", type=Path, help="local weights for --backbone")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of fine-tuning and generation (default 0)")
     _add_diffusion_options(p)
     p = sub.add_parser("make-test-sd", help="write a randomly initialised Stable-Diffusion-shaped diffusers folder "
                                             "(tiny: try the DreamBooth path offline; sd15: benchmarks)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--architecture", default="tiny", choices=["tiny", "sd15"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, help="folder for the random-weight diffusers pipeline")
+    p.add_argument("--architecture", default="tiny", choices=["tiny", "sd15"],
+                   help="tiny (tests, seconds) or sd15 (SD 1.5's real sizes, for timing)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
 
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="a run (or a pretrained backbone) -> bundle")
     p.add_argument("run_dir", nargs="?", type=Path, help="run directory made by `personalize`")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="the bundle directory to write")
     p.add_argument("--backbone", help="with --pretrained: the backbone to export")
     p.add_argument("--pretrained", action="store_true", help="export the un-personalized backbone")
     p.add_argument("--weights", type=Path, help="local backbone weights for --pretrained")
@@ -154,8 +161,8 @@ def _add_export(sub) -> None:
                    help="the model's input side (default the backbone's, 320 for Lite: a 10x10 patch grid); "
                         "Lite takes any multiple of 32, e.g. 448 for a 14x14 grid (benchmarks/dense_grid.py)")
     p = sub.add_parser("export-adapter", help="the LoRA adapter alone (peft format, small)")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("run_dir", type=Path, help="run directory made by `personalize`")
+    p.add_argument("--out", required=True, type=Path, help="where to write the adapter (peft safetensors)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="photos of the object, or folders of them")
     p.add_argument("--name", required=True, help="what to call the object (an existing name is replaced)")
     p.add_argument("--category", default="", help="its category, e.g. dog (informative)")
-    p.add_argument("--negatives", type=Path, action="append", default=[], help="photos to calibrate the threshold")
+    p.add_argument("--negatives", type=Path, action="append", default=[],
+                   help="photos of other things of the object's category to calibrate its threshold on "
+                        "(without them, and with no other object enrolled, a warning)")
     p = sub.add_parser("find", help="look for the enrolled objects in photos (runtime only)")
     p.add_argument("bundle", type=bundle_dir, help=BUNDLE_HELP)
     p.add_argument("images", nargs="+", help="photos, or folders of them")
@@ -193,28 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=bundle_dir, help=BUNDLE_HELP)
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p = sub.add_parser("eval", help="pretrained vs personalized on the four tasks; writes report.json + index.html")
-    p.add_argument("--dataset", required=True, type=Path)
-    p.add_argument("--layout", default="pods", choices=["pods", "procedural", "dreambooth"])
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--dataset", required=True, type=Path, help="the dataset folder (see --layout)")
+    p.add_argument("--layout", default="pods", choices=["pods", "procedural", "dreambooth"],
+                   help="how the dataset is laid out (default pods)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
     p.add_argument("--synth", default="augment,cutpaste", help="comma-separated synthesis methods to compare")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="report folder (report.json, report.html, work/)")
     p.add_argument("--objects", help="comma-separated subset of objects")
     p.add_argument("--quick", action="store_true", help="40 training steps per object instead of the preset's")
     p.add_argument("--steps", type=int, help="training steps per object (overrides --quick)")
     _add_diffusion_options(p)
     p = sub.add_parser("make-dataset", help="write the procedural instance-level dataset")
-    p.add_argument("kind", choices=["procedural"])
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--objects", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("kind", choices=["procedural"], help="procedural: rendered objects with look-alike twins")
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    p.add_argument("--objects", type=int, default=8, help="number of objects (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the renderer")
     p = sub.add_parser("bench", help="median latency: torch eager vs ORT, and each runtime task")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
     p.add_argument("--images", nargs="+", help="photos to time on (default: the examples' held-out photos)")
     p.add_argument("--examples", type=Path,
                    help="the sample photos folder (default: examples/images of the checkout this runs from)")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (the median is reported)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both engines (0 = default)")
-    p.add_argument("--out", type=Path, default=Path("bench.json"))
+    p.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON written (default bench.json)")
     p.add_argument("--variants", action="store_true",
                    help="instead: table per backbone x variant (fp32/fp16/int8/ort): size, latency, cosine, AP")
     p.add_argument("--backbones", default=DEFAULT_BACKBONE, help="with --variants: comma-separated")
@@ -232,7 +242,31 @@ def cmd_personalize(args) -> None:
                                  positives=args.positives, preset=args.preset, steps=args.steps, device=args.device,
                                  seed=args.seed, force=args.force, **_given(args, calibrate_on="calibrate_on"))
     bundle = personalize(request)
-    print(f"personalized '{args.name}': bundle at {bundle}")
+    print(personalize_summary(bundle, args.name))
+
+
+RESUMABLE = {"personalize", "synth", "eval"}  # a rerun of the same command picks up where it stopped
+
+
+def personalize_summary(bundle: Path, name: str) -> str:
+    """What a finished `personalize` tells the user: where, how well calibrated, how long, what next."""
+    from .pipeline import RunDir
+    from .runtime import Finder
+
+    record = RunDir(bundle.parent).read()
+    threshold = Finder.open(bundle).store.objects[name].threshold
+    calibration = record.get("calibration", {})
+    timings = record.get("timings", {})
+    stages = " | ".join(f"{key.removesuffix('_s').replace('_', ' + ')} {timings[key]:.0f} s"
+                        for key in ("prepare_s", "synth_s", "train_s", "export_enroll_s") if key in timings)
+    return "\n".join([
+        f"personalized '{name}' ({record['backbone']}, synth {record['synth']}, preset {record['preset']}): "
+        f"bundle at {bundle}",
+        f"  present when the score is >= {threshold:.3f} (calibrated on "
+        f"{calibration.get('enrolment_negatives', '?')} negatives)",
+        f"  time: {stages}",
+        f"  next: edge-persrep find {bundle} PHOTO [--task detect|segment|all] "
+        f"(or retrieve, enroll, export {bundle.parent})"])
 
 
 def cmd_synth(args) -> None:
@@ -302,20 +336,29 @@ def cmd_enroll(args) -> None:
     photos = list_images(args.images)
     refuse_duplicates(photos)
     negatives = list_images(args.negatives) if args.negatives else []
+    replacing = args.name in finder.store.objects
+    others = [n for n in finder.store.objects if n != args.name]
     p = finder.enroll(args.name, photos, category=args.category, negatives=negatives)
-    print(f"enrolled '{p.name}' from {len(p.embeddings)} photos (threshold {p.threshold:.3f}) into {args.bundle}")
+    print(f"{'replaced' if replacing else 'enrolled'} '{p.name}' from {len(p.embeddings)} photos "
+          f"(threshold {p.threshold:.3f}) into {args.bundle}")
+    if not negatives and not others:
+        print(f"edge-persrep: warning: nothing to calibrate '{p.name}' against (no --negatives, no other object "
+              "enrolled): its threshold comes from its own photos and will accept look-alikes; enroll again with "
+              "--negatives DIR (photos of other things of its category)", file=sys.stderr)
 
 
 def cmd_find(args) -> None:
     from PIL import Image
 
     from .runtime import Finder, ImageError, list_images, load_image
+    from .runtime.dense import mask_to_rle
     from .runtime.finder import overlay
 
     finder = Finder.open(args.bundle, variant=args.variant)
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)
     paths = list_images(args.images)
+    stems = overlay_stems(paths)
     unreadable = 0
     for path in paths:
         try:
@@ -331,7 +374,7 @@ def cmd_find(args) -> None:
         for m in finder.find(features, task=args.task, names=args.name):
             mask_path = None
             if args.overlays and m.mask is not None:
-                stem = f"{path.stem}.{m.name}"
+                stem = f"{stems[path]}.{m.name}"
                 mask_path = args.overlays / f"{stem}.mask.png"
                 Image.fromarray(m.mask.astype("uint8") * 255).save(mask_path)
                 overlay(photo, m, args.overlays / f"{stem}.overlay.jpg")
@@ -341,7 +384,8 @@ def cmd_find(args) -> None:
                             "region_box": list(m.region_box) if m.region_box is not None else None,
                             "box": list(m.box) if (m.box is not None and m.present) else None,
                             "box_score": None if m.box_score is None else round(m.box_score, 4),
-                            "mask": str(mask_path) if (mask_path and m.present) else None})
+                            "mask": mask_to_rle(m.mask) if (m.mask is not None and m.present) else None,
+                            "mask_png": str(mask_path) if (mask_path and m.present) else None})
         if args.json:
             print(json.dumps({"image": str(path), "results": results}), flush=True)
         else:
@@ -350,6 +394,21 @@ def cmd_find(args) -> None:
                 print(f"{path}\t{r['name']}\tscore={r['score']:.3f}\t{'PRESENT' if r['present'] else 'absent'}{where}")
     if unreadable:
         raise EdgePersrepError(f"{unreadable} photo(s) could not be read (listed above); the others were answered")
+
+
+def overlay_stems(paths: list[Path]) -> dict[Path, str]:
+    """Each photo's overlay file stem: its own, or with -2, -3... when another photo has the same
+    name (a/x.jpg and b/x.jpg must not overwrite each other's overlays)."""
+    used: set[str] = set()
+    stems = {}
+    for path in paths:
+        stem, n = path.stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{path.stem}-{n}"
+        used.add(stem)
+        stems[path] = stem
+    return stems
 
 
 def cmd_retrieve(args) -> None:
@@ -450,6 +509,26 @@ COMMANDS = {"eval": cmd_eval, "make-dataset": cmd_make_dataset, "personalize": c
             "enroll": cmd_enroll, "find": cmd_find, "retrieve": cmd_retrieve, "info": cmd_info, "bench": cmd_bench}
 
 
+def _notes_on_stderr() -> None:
+    """Skipped files are a one-line note for the user, not a Python warning with a source line."""
+    import warnings
+
+    from .runtime.images import SkippedFilesWarning
+
+    show = warnings.showwarning
+    if getattr(show, "edge_persrep_notes", False):
+        return  # installed by an earlier main() in this process
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SkippedFilesWarning):
+            print(f"edge-persrep: note: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    showwarning.edge_persrep_notes = True
+    warnings.showwarning = showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -458,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK", "ORT_DISABLE_TELEMETRY"):
         os.environ.setdefault(var, "1")
     args = build_parser().parse_args(argv)
+    _notes_on_stderr()
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     try:
@@ -468,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-persrep: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("edge-persrep: interrupted", file=sys.stderr)
+        resume = " (run the same command again to resume: finished work is kept)" if args.command in RESUMABLE else ""
+        print(f"edge-persrep: interrupted{resume}", file=sys.stderr)
         return 130
     except OSError as exc:  # read-only directory, disk full, permission denied...
         if args.debug:

@@ -41,8 +41,10 @@ def personalized_run(tmp_path_factory, examples):
     """`personalize` on the example dog, 4 training steps: a complete run directory."""
     pytest.importorskip("torch")
     run = tmp_path_factory.mktemp("run") / "run"
-    run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
-            "--negatives", examples / "negatives", "--steps", "4", "--seed", "1")
+    out = run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
+                  "--negatives", examples / "negatives", "--steps", "4", "--seed", "1")
+    (run.parent / "personalize.stdout").write_text(out.stdout)  # what the user read at the end
+    (run.parent / "personalize.stderr").write_text(out.stderr)
     return run
 
 

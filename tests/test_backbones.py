@@ -12,6 +12,9 @@ DOG_CLASSES = range(151, 269)  # ImageNet-1k dog breeds
 
 
 def test_registry_has_the_paper_and_edge_backbones():
+    from edge_persrep.server_side.options import BACKBONES
+
+    assert tuple(list_backbones()) == BACKBONES  # the torch-free list the CLI's help shows
     assert set(list_backbones()) >= {"efficientnet_lite0", "efficientnet_lite2", "dinov2_vits14", "dinov2_vitb14",
                                      "clip_vitb16", "mae_vitb16"}
     for name in list_backbones():

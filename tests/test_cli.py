@@ -4,13 +4,16 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("torch")
 
 from conftest import run_cli  # noqa: E402
 
 from edge_persrep.cli import main  # noqa: E402
+from edge_persrep.runtime.dense import rle_to_mask  # noqa: E402
 
 
 def test_personalize_writes_a_recorded_resumable_run(personalized_run):
@@ -25,6 +28,19 @@ def test_personalize_writes_a_recorded_resumable_run(personalized_run):
     assert bundle["training"]["steps"] == 4
 
 
+def test_personalize_ends_with_the_threshold_times_and_next_command(personalized_run):
+    from edge_persrep.runtime import Finder
+
+    said = (personalized_run.parent / "personalize.stdout").read_text().strip().splitlines()
+    threshold = Finder.open(personalized_run / "bundle").store.objects["my_dog"].threshold
+    assert said[0] == (f"personalized 'my_dog' (efficientnet_lite0, synth augment, preset quick): bundle at "
+                       f"{personalized_run / 'bundle'}")
+    assert said[1] == f"  present when the score is >= {threshold:.3f} (calibrated on 11 negatives)"
+    assert said[2].startswith("  time: prepare ") and "| train " in said[2] and "| export + enroll " in said[2]
+    assert said[3].startswith(f"  next: edge-persrep find {personalized_run / 'bundle'} PHOTO")
+    assert "Constant folding" not in (personalized_run.parent / "personalize.stderr").read_text()  # known, harmless
+
+
 def test_find_json_contract(personalized_run, examples, tmp_path):
     out = run_cli("find", personalized_run / "bundle", examples / "dog_heldout", examples / "heldout_others",
                   "--json", "--overlays", tmp_path)
@@ -35,12 +51,22 @@ def test_find_json_contract(personalized_run, examples, tmp_path):
         (r,) = line["results"]
         assert r["name"] == "my_dog" and isinstance(r["score"], float) and isinstance(r["present"], bool)
         if r["present"]:
-            assert len(r["box"]) == 4 and r["mask"].endswith(".png")
+            assert len(r["box"]) == 4 and r["mask_png"].endswith(".png")
+            png = np.asarray(Image.open(r["mask_png"])) > 127
+            assert (rle_to_mask(r["mask"]) == png).all()  # the mask itself is in the JSON (COCO RLE)
+            assert r["mask"]["size"] == [Image.open(line["image"]).height, Image.open(line["image"]).width]
         else:
-            assert r["box"] is None and r["mask"] is None
+            assert r["box"] is None and r["mask"] is None and r["mask_png"] is None
     scores = {line["image"].split("/")[-1]: line["results"][0]["score"] for line in lines}
     assert min(scores["03.jpg"], scores["04.jpg"]) > scores["cat_00.jpg"]
     assert any(p.name.endswith(".overlay.jpg") for p in tmp_path.iterdir())
+
+
+def test_overlays_of_photos_with_the_same_name_do_not_overwrite_each_other(tmp_path):
+    from edge_persrep.cli import overlay_stems
+
+    paths = [tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", tmp_path / "x-2.jpg", tmp_path / "c" / "x.jpg"]
+    assert list(overlay_stems(paths).values()) == ["x", "x-2", "x-2-2", "x-3"]
 
 
 def test_retrieve_ranks_the_object_first(personalized_run, examples):
@@ -62,9 +88,24 @@ def test_enroll_a_second_object_and_info(personalized_run, examples, tmp_path):
 
     bundle = tmp_path / "b"
     shutil.copytree(personalized_run / "bundle", bundle)
-    run_cli("enroll", bundle, examples / "heldout_others" / "cat_00.jpg", "--name", "cat", "--category", "cat")
+    out = run_cli("enroll", bundle, examples / "heldout_others" / "cat_00.jpg", "--name", "cat", "--category", "cat")
+    assert out.stdout.startswith("enrolled 'cat' from 1 photos") and "warning" not in out.stderr  # my_dog calibrates
     info = json.loads(run_cli("info", bundle, "--json").stdout)
     assert [o["name"] for o in info["objects"]] == ["my_dog", "cat"] and info["checksums"] == "ok"
+    out = run_cli("enroll", bundle, examples / "heldout_others" / "cat_00.jpg", "--name", "cat")
+    assert out.stdout.startswith("replaced 'cat' from 1 photos")  # said, not silent
+
+
+def test_enroll_with_nothing_to_calibrate_against_warns(pretrained_bundle, examples, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(pretrained_bundle, bundle)
+    out = run_cli("enroll", bundle, examples / "dog", "--name", "dog")
+    assert "warning: nothing to calibrate 'dog' against" in out.stderr and "--negatives DIR" in out.stderr
+    out = run_cli("enroll", bundle, examples / "heldout_others" / "cat_00.jpg", "--name", "cat",
+                  "--negatives", examples / "negatives")
+    assert "warning" not in out.stderr
 
 
 def test_export_run_and_pretrained(personalized_run, tmp_path):

@@ -179,3 +179,22 @@ def test_enrolment_without_negatives_calibrates_on_the_references_alone(pretrain
     f = Finder(Finder.open(pretrained_bundle).bundle)
     p = f.make_prototype("dog", list_images([examples / "dog"]), "dog")
     assert p.scoring == "region" and 0.0 < p.threshold < 1.0
+
+
+def test_overlay_tints_a_red_object_in_another_colour_and_labels_it(tmp_path):
+    from PIL import Image
+
+    from edge_persrep.runtime import Match
+    from edge_persrep.runtime.finder import overlay
+
+    photo = Image.new("RGB", (200, 160), (120, 120, 120))
+    photo.paste((230, 20, 20), (60, 40, 140, 120))  # a red object
+    mask = np.zeros((160, 200), bool)
+    mask[40:120, 60:140] = True
+    out = np.asarray(Image.open(overlay(photo, Match("mug", 0.8123, True, box=(60, 40, 140, 120), mask=mask),
+                                        tmp_path / "o.png")), np.int32)
+    inside = out[80, 100]
+    assert inside[2] > 80 and inside[0] < 200  # tinted towards blue, not red on red
+    assert (out[140:, :] == 120).all()  # away from the object and its label, the photo is untouched
+    label = out[40:60, 60:140]
+    assert (label == 255).all(axis=-1).any() and (label == 0).all(axis=-1).any()  # white text on black

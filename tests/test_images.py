@@ -84,3 +84,36 @@ def test_listing(tmp_path):
     (tmp_path / "a.JPG").write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("x")
     assert [p.name for p in list_images([tmp_path])] == ["a.JPG", "b.png"]
+
+
+def test_subfolders_are_read_and_skipped_media_are_named(tmp_path):
+    from edge_persrep.runtime.images import SkippedFilesWarning
+
+    for rel in ("top.jpg", "trip/day1/a.png", "trip/b.jpg", ".thumbnails/t.jpg", "trip/clip.mp4", "README.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    with pytest.warns(SkippedFilesWarning, match=r"3 photos; skipped 1 other files \(trip/clip.mp4\)"):
+        found = list_images([tmp_path])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["top.jpg", "trip/b.jpg", "trip/day1/a.png"]
+
+
+def test_cli_says_what_it_skipped_in_one_line(bundle_copy, examples, tmp_path):
+    import shutil
+
+    from conftest import run_cli
+
+    shutil.copytree(examples / "dog", tmp_path / "photos")
+    (tmp_path / "photos" / "clip.mov").write_bytes(b"x")
+    out = run_cli("enroll", bundle_copy, tmp_path / "photos", "--name", "dog", "--negatives", examples / "negatives")
+    assert out.stdout.startswith("enrolled 'dog' from 3 photos")
+    assert out.stderr.splitlines() == [f"edge-persrep: note: {tmp_path / 'photos'}: 3 photos; skipped 1 other "
+                                       "files (clip.mov)"]
+
+
+def test_heic_photos_are_read(tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "phone.heic")
+    image = load_image(tmp_path / "phone.heic")
+    assert image.size == (64, 48) and np.abs(np.asarray(image, np.int32) - (200, 30, 30)).max() < 12
+    assert [p.name for p in list_images([tmp_path])] == ["phone.heic"]

@@ -13,6 +13,7 @@ Choices, with reasons:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,10 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def trace_onnx(wrapper: nn.Module, path: Path, size: int, constant_folding: bool = True) -> None:
     """The raw TorchScript export of a wrapper: input `image` uint8 [batch, S, S, 3], outputs
     `embedding` and `patch_grid`, dynamic batch."""
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Known and harmless, printed three times per export: a strided Slice is left unfolded
+        # (ONNX Runtime's optimisation in finish_graph folds what can be). Other warnings still show.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(
             wrapper, (torch.zeros(1, size, size, 3, dtype=torch.uint8),), str(path), dynamo=False,
             opset_version=OPSET, input_names=["image"], output_names=["embedding", "patch_grid"],

@@ -113,6 +113,20 @@ def object_cells(features: Sequence[ImageFeatures], masks: Sequence[np.ndarray] 
 
 
 class Finder:
+    """A bundle's model and its enrolled objects: the whole on-device API.
+
+        finder = Finder.open("runs/my_dog/bundle")        # checksums and the store's model hash verified
+        (features,) = finder.embed(["frame.jpg"])          # the one model run per photo
+        for m in finder.find(features, task="all"):        # every object: score, present, box, mask
+            print(m.name, m.present, m.box)
+
+    `embed` is the only expensive call; `classify`, `locate`, `find` and `retrieve` reuse its
+    features, so one frame answers every task for every object. `enroll` adds an object from
+    photos (calibrating its `present` threshold on negatives and the other objects) and saves the
+    store atomically. Errors are `EdgePersrepError` subclasses whose message names the file and
+    the fix.
+    """
+
     def __init__(self, bundle: Bundle, store: PrototypeStore | None = None):
         self.bundle = bundle
         if store is None:
@@ -127,10 +141,13 @@ class Finder:
 
     @classmethod
     def open(cls, bundle_dir: str | os.PathLike, variant: str | None = None) -> "Finder":
+        """Load a bundle directory (or a variant of its model: "fp16", "int8", "ort") with its store."""
         return cls(Bundle.load(bundle_dir, variant=variant))
 
     # --- the expensive step -------------------------------------------------------------------
     def embed(self, images: Iterable[Image.Image | str | os.PathLike], batch_size: int = 8) -> list[ImageFeatures]:
+        """Run the model on photos (PIL images or paths, any size): one ImageFeatures per photo,
+        its unit global embedding and unit patch grid, in batches of `batch_size`."""
         return embed_images(images, self.bundle.input_size, self.bundle.run, batch_size)
 
     # --- the cheap questions ------------------------------------------------------------------
@@ -182,11 +199,11 @@ class Finder:
         """Fill `match.box`, `match.box_score` (and `match.mask`) from the patch-similarity map."""
         p = self.store.objects[match.name]
         sim = dense.similarity_map(features.grid, p.targets)
-        mask, box = dense.localize(sim, features.width, features.height, anchor=self._object_extent(features, p))
-        match.box = box
+        mask, box = dense.localize(sim, features.width, features.height, anchor=self._object_extent(features, p),
+                                   with_mask=with_mask)
+        match.box, match.mask = box, mask
         if box is not None:
             match.box_score = float((p.box_features @ self._box_pooled(features, box)).max())
-        match.mask = mask if with_mask else None
         return match
 
     def find(self, features: ImageFeatures, task: str = "all", names: Sequence[str] | None = None) -> list[Match]:
@@ -330,16 +347,32 @@ def stored_photos(prototype: Prototype) -> list[Image.Image]:
     return [Image.open(io.BytesIO(b)).convert("RGB") for b in prototype.photos]
 
 
+TINTS = ((255, 40, 40), (40, 110, 255), (40, 220, 60))  # red, blue, green: the mask takes the one
+# farthest from the object's own mean colour, so a red mug is not tinted red
+
+
 def overlay(photo: Image.Image, match: Match, path: Path) -> Path:
-    """Write the photo with the mask tinted and the box drawn (for people to look at)."""
-    from PIL import ImageDraw
+    """Write the photo with the mask tinted (in a colour that stands out from the object), its
+    outline, the box, and the object's name and score (for people to look at)."""
+    from PIL import ImageDraw, ImageFont
 
     canvas = photo.convert("RGB").copy()
+    line = max(2, canvas.width // 200)
     if match.mask is not None and match.mask.any():
-        tint = Image.new("RGB", canvas.size, (255, 40, 40))
+        mean = np.asarray(canvas, dtype=np.float32)[match.mask].mean(axis=0)
+        tint = max(TINTS, key=lambda c: float(np.abs(np.asarray(c) - mean).sum()))
         where = Image.fromarray(match.mask.astype(np.uint8) * 255)
-        canvas = Image.composite(Image.blend(canvas, tint, 0.45), canvas, where)
+        canvas = Image.composite(Image.blend(canvas, Image.new("RGB", canvas.size, tint), 0.45), canvas, where)
+        edge = match.mask & ~dense.erode(match.mask)
+        canvas.paste(Image.new("RGB", canvas.size, tint), mask=Image.fromarray(edge.astype(np.uint8) * 255))
+    draw = ImageDraw.Draw(canvas)
     if match.box is not None:
-        ImageDraw.Draw(canvas).rectangle(match.box, outline=(40, 255, 40), width=max(2, canvas.width // 200))
+        draw.rectangle(match.box, outline=(40, 255, 40), width=line)
+    x, y = (match.box[0], match.box[1]) if match.box is not None else (0, 0)
+    font = ImageFont.load_default(size=max(12, canvas.width // 40))
+    label = f"{match.name} {match.score:.2f}" + ("" if match.present else " (absent)")
+    left, top, right, bottom = draw.textbbox((x + line, y + line), label, font=font)
+    draw.rectangle((left - line, top - line, right + line, bottom + line), fill=(0, 0, 0))
+    draw.text((x + line, y + line), label, fill=(255, 255, 255), font=font)
     canvas.save(path)
     return path

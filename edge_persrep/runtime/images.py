@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 import os
 import warnings
 from pathlib import Path
@@ -12,14 +13,31 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".heic", ".heif")
+HEIF_SUFFIXES = (".heic", ".heif")  # iPhone photos: read with the pillow-heif plugin when installed
 MAX_PIXELS = 50_000_000  # ~ a 8K photo; larger declared sizes are refused before decoding (PNG bombs)
 MIN_SIDE = 8  # below this there is nothing to recognise
+
+
+class SkippedFilesWarning(UserWarning):
+    """Files in a folder of photos that are not photos (videos, documents); the CLI prints it as a note."""
+
+
+def _heif_support(path: Path) -> None:
+    """Register pillow-heif's opener for a HEIC/HEIF photo, or say how to get it."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError as exc:
+        raise ImageError(f"{path}: HEIC/HEIF photos need the pillow-heif package (pip install pillow-heif, or "
+                         "the server extra); or export the photo as JPEG") from exc
+    register_heif_opener()
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open a photo as an upright 8-bit RGB PIL image, or raise ImageError naming the file."""
     path = Path(path)
+    if path.suffix.lower() in HEIF_SUFFIXES:
+        _heif_support(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -62,14 +80,24 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def list_images(items: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories (non-recursive, sorted) into image paths; refuse an empty result."""
+    """Expand files and directories (with their subfolders, sorted; hidden ones skipped) into image
+    paths; refuse an empty result. Videos and images of other formats in a folder are skipped with a
+    SkippedFilesWarning that names them (documents, such as a README, silently)."""
     paths: list[Path] = []
     for item in items:
         item = Path(item)
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files = sorted(p for p in item.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            found = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
                 raise ImageError(f"{item}: directory has no images ({', '.join(IMAGE_SUFFIXES)})")
+            skipped = [str(p.relative_to(item)) for p in files
+                       if p.suffix.lower() not in IMAGE_SUFFIXES and _is_media(p)]
+            if skipped:
+                shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+                warnings.warn(f"{item}: {len(found)} photos; skipped {len(skipped)} other files ({shown})",
+                              SkippedFilesWarning, stacklevel=2)
             paths.extend(found)
         elif item.exists():
             paths.append(item)
@@ -78,6 +106,11 @@ def list_images(items: Iterable[str | os.PathLike]) -> list[Path]:
     if not paths:
         raise ImageError("no images given")
     return paths
+
+
+def _is_media(path: Path) -> bool:
+    kind = mimetypes.guess_type(path.name)[0] or ""
+    return kind.startswith(("image/", "video/"))
 
 
 def refuse_duplicates(paths: Iterable[str | os.PathLike]) -> None:

@@ -6,6 +6,8 @@ written twice. What both the CLI and those configs need to name lives here.
 """
 
 DEFAULT_BACKBONE = "efficientnet_lite0"  # the edge default: real weights ship as a pip package
+# backbones.py's registry, by name (a test keeps the two equal): the CLI's help lists them without torch
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite2", "dinov2_vits14", "dinov2_vitb14", "clip_vitb16", "mae_vitb16")
 DREAMBOOTH_MODES = ("lora", "full")  # lora: consumer GPUs; full: the paper
 DIFFUSION_PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: fp16 on CUDA, fp32 on CPU
 SCHEDULER_STEPS = {"pndm": 50, "ddim": 50, "dpm++": 25}  # name -> default steps (pndm is SD 1.5's own: the paper's)
