@@ -172,7 +172,8 @@ def _result(request: SynthRequest, manifest: dict, files: set[str], manifest_pat
 def in_context_boxes(result: SynthResult) -> list[tuple[int, int, int, int] | None]:
     """Per positive, the box of the object pasted in context (synth `context`, kind "in_context" in
     the manifest), else None: training scores those inside their box (server_side.contrastive)."""
-    entries = {e["file"]: e for e in json.loads(result.manifest.read_text())["images"]}
+    manifest = json.loads(result.manifest.read_text())  # the diffusion methods' is a summary: no images
+    entries = {e["file"]: e for e in manifest.get("images", [])}
     boxes = []
     for path in result.positives:
         entry = entries.get(f"{path.parent.name}/{path.name}", {})
