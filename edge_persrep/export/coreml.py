@@ -11,6 +11,7 @@ prediction needs macOS and is not claimed here.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -29,8 +30,23 @@ class CoreMLWrapper(ImageEmbedder):
         return l2_normalize(embedding, 1), l2_normalize(grid, -1)
 
 
+def import_coremltools():
+    """coremltools without its import-time warnings, which are known and harmless here: on Linux it
+    converts but cannot run models (eight "Failed to load _MLModelProxy" lines), and it warns about
+    every torch and scikit-learn newer than it was tested with (the export is checked instead).
+    What it logs while converting still shows."""
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import coremltools
+    finally:
+        logger.setLevel(level)
+    return coremltools
+
+
 def export_coreml(backbone: Backbone, path: Path, size: int, manifest: dict) -> dict:
-    import coremltools as ct
+    ct = import_coremltools()
 
     wrapper = CoreMLWrapper(freeze_same_padding(backbone, size)).eval()
     example = torch.rand(1, 3, size, size) * 255
