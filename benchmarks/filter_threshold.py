@@ -10,6 +10,12 @@ generations" = its other photos (the same object in new scenes: should be kept);
 = photos of the other subjects of the same category (look-alikes: should be dropped) and
 "other category" = every other subject's photos. The table gives the share kept per group at
 several thresholds.
+
+Two scores are compared (`filtering.py`): the paper's global crop score and the patch score
+(PatchDPO-style: the lower quartile of the located object's patch qualities). They live on
+different scales, so they are compared at equal faithful-kept rates (each score's threshold set to
+keep 90%, 80% and 70% of the faithful photos: the wrong identities it then keeps) and by ROC AUC
+of faithful against each other group.
 """
 
 from __future__ import annotations
@@ -28,9 +34,13 @@ from edge_persrep.eval.datasets import load_dreambooth  # noqa: E402
 from edge_persrep.runtime.images import load_image  # noqa: E402
 
 THRESHOLDS = (0.4, 0.5, 0.55, 0.6, 0.7)
+KEEP_FAITHFUL = (0.9, 0.8, 0.7)
+GROUPS = ("faithful", "wrong identity", "other category")
 
 
 def main(argv=None) -> int:
+    from sklearn.metrics import roc_auc_score
+
     from edge_persrep.server_side.backbones import create_backbone
     from edge_persrep.server_side.embedder import Embedder
     from edge_persrep.server_side.synth.filtering import filter_generated, score_key
@@ -42,7 +52,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     subjects = load_dreambooth(args.data)
     embed = Embedder(create_backbone(args.backbone, pretrained=True))
-    groups: dict[str, list[float]] = {"faithful": [], "wrong identity": [], "other category": []}
+    groups = {g: {"global": [], "patch": []} for g in GROUPS}
     for name, subject in subjects.items():
         if len(subject.photos) < 4:
             continue
@@ -54,16 +64,28 @@ def main(argv=None) -> int:
                                          for p in o.photos[:1]]}
         for group, paths in candidates.items():
             if paths:
-                scores = filter_generated(embed, references, None, paths, 1.0).scores
-                groups[group] += [scores[score_key(p)] for p in paths]
+                result = filter_generated(embed, references, None, paths, 1.0)
+                groups[group]["global"] += [result.scores[score_key(p)] for p in paths]
+                groups[group]["patch"] += [result.patch_scores[score_key(p)] for p in paths]
         print(f"{name}: done", flush=True)
     report = {"backbone": args.backbone, "subjects": sum(len(s.photos) >= 4 for s in subjects.values())}
-    for group, scores in groups.items():
-        s = np.asarray(scores)
+    for group in GROUPS:
+        s = np.asarray(groups[group]["global"])
         report[f"{group}: images"] = len(s)
         report[f"{group}: median score"] = round(float(np.median(s)), 3)
         for t in THRESHOLDS:
             report[f"{group}: kept at {t}"] = round(float(np.mean(s >= t)), 3)
+    for kind in ("global", "patch"):
+        faithful = np.asarray(groups["faithful"][kind])
+        for other in GROUPS[1:]:
+            scores = np.concatenate([faithful, groups[other][kind]])
+            labels = np.r_[np.ones(len(faithful)), np.zeros(len(groups[other][kind]))]
+            report[f"{kind} score: ROC AUC faithful vs {other}"] = round(float(roc_auc_score(labels, scores)), 3)
+        for rate in KEEP_FAITHFUL:
+            cut = float(np.quantile(faithful, 1 - rate))  # keeps `rate` of the faithful photos
+            for other in GROUPS[1:]:
+                kept = float(np.mean(np.asarray(groups[other][kind]) >= cut))
+                report[f"{kind} score, {rate:.0%} of faithful kept (cut {cut:.3f}): {other} kept"] = round(kept, 3)
     print_and_save(report, args.out)
     return 0
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .runtime.errors import EdgePersrepError
+from .runtime.threads import set_threads
 from .server_side.options import (
     BACKBONES,
     CALIBRATE_ON,
@@ -20,11 +21,29 @@ from .server_side.options import (
     DEFAULT_SYNTH,
     DIFFUSION_PRECISIONS,
     DREAMBOOTH_MODES,
+    FILTER_MODES,
+    PATCH_THRESHOLD,
     SCHEDULER_STEPS,
 )
 
 BUNDLE_HELP = "a bundle folder, or a `personalize` run directory (its bundle/ is used)"
 BACKBONE_HELP = f"{' | '.join(BACKBONES)} (default {DEFAULT_BACKBONE}: the edge default, its weights ship as a package)"
+
+
+COMPUTING = ("personalize", "synth", "export", "enroll", "find", "retrieve", "eval", "bench")  # take --threads
+
+
+def thread_count(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value}: use 0 (one per core) or a positive count")
+    return n
+
+
+def add_threads(p) -> None:
+    p.add_argument("--threads", type=thread_count, default=0,
+                   help="compute threads for torch and ONNX Runtime (default 0: one per core); fewer leaves "
+                        "cores to other work")
 
 
 def bundle_dir(value: str) -> Path:
@@ -95,6 +114,10 @@ def _add_diffusion_options(p) -> None:
     g.add_argument("--min-similarity", type=float,
                    help="filter: keep a positive whose object crop has at least this mean cosine to the real "
                         "photos (default: paper's 0.6, 0.55 for animals; -1 keeps everything)")
+    g.add_argument("--filter-mode", choices=FILTER_MODES,
+                   help="filter on the paper's object-crop score (global, default) or on patch quality (patch: "
+                        "PatchDPO-style, the lower quartile of the object's patch matches; default threshold "
+                        f"{PATCH_THRESHOLD})")
 
 
 def _diffusion_options(args, **resolved):
@@ -111,7 +134,7 @@ def _diffusion_options(args, **resolved):
         sampling=SamplingConfig(**_given(args, cfg="cfg", scheduler="scheduler", steps="sample_steps",
                                          batch_size="sample_batch")),
         **_given(args, sd_model="sd_model", negatives="synth_negatives", backgrounds="scenes", prompts_file="prompts",
-                 min_similarity="min_similarity"),
+                 min_similarity="min_similarity", filter_mode="filter_mode"),
         **resolved)
 
 
@@ -223,12 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=Path,
                    help="the sample photos folder (default: examples/images of the checkout this runs from)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (the median is reported)")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads for both engines (0 = default)")
     p.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON written (default bench.json)")
     p.add_argument("--variants", action="store_true",
                    help="instead: table per backbone x variant (fp32/fp16/int8/ort): size, latency, cosine, AP")
     p.add_argument("--backbones", default=DEFAULT_BACKBONE, help="with --variants: comma-separated")
     p.add_argument("--random-init", action="store_true", help="with --variants: random weights (ViTs offline)")
+    for name in COMPUTING:
+        add_threads(sub.choices[name])
     return parser
 
 
@@ -538,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(var, "1")
     args = build_parser().parse_args(argv)
     _notes_on_stderr()
+    set_threads(getattr(args, "threads", 0))
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     try:

@@ -398,3 +398,32 @@ def test_full_and_text_encoder_training_save_and_reload(mode, text_encoder, tiny
         a = sd.unet(x, t, sd.encode_prompts(["a photo of sks dog"])).sample
         b = reloaded.unet(x, t, reloaded.encode_prompts(["a photo of sks dog"])).sample
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_patch_quality_oracle_and_patch_mode(examples):
+    """A photo scored against all of its own patches has every patch quality 1; the patch score is
+    a quantile by hand; mode="patch" keeps by the patch score."""
+    from edge_persrep.server_side.backbones import create_backbone
+    from edge_persrep.server_side.embedder import Embedder
+    from edge_persrep.server_side.synth.filtering import (
+        RealObject,
+        filter_generated,
+        patch_qualities,
+        patch_score,
+        score_key,
+    )
+
+    assert patch_score(np.array([0.5, 0.1, 0.4, 0.2, 0.3]), 0.25) == pytest.approx(0.2)
+    assert patch_score(np.zeros(0)) == 0.0
+    embed = Embedder(create_backbone("efficientnet_lite0"))
+    (f,) = embed(_photos(examples)[:1])
+    grid = f.grid.reshape(-1, f.grid.shape[2])
+    own = RealObject([], grid[:3], grid)  # targets: any of its patches, so something is located
+    qualities = patch_qualities(f, own)
+    assert len(qualities) > 0 and np.allclose(qualities, 1.0, atol=1e-5)
+    candidates = list_images([examples / "dog_heldout", examples / "heldout_others"])
+    report = filter_generated(embed, _photos(examples), None, candidates, 0.5, mode="patch")
+    assert report.mode == "patch" and set(report.patch_scores) == set(report.scores)
+    assert report.kept == [p for p in candidates if report.patch_scores[score_key(p)] >= 0.5]
+    with pytest.raises(EdgePersrepError, match="unknown filter mode"):
+        filter_generated(embed, _photos(examples), None, candidates, 0.5, mode="patches")

@@ -82,6 +82,33 @@ def test_lora_on_lite0_targets_and_merge_is_exact():
     assert not any("lora" in n for n, _ in backbone.model.named_modules())
 
 
+def test_fast_dropout_is_dropout_in_distribution_and_gradient():
+    from edge_persrep.server_side.contrastive import FastDropout
+
+    torch.manual_seed(0)
+    dropout = FastDropout(0.3).train()
+    x = torch.full((16, 64, 32, 32), 2.0, requires_grad=True)  # 1M elements
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.003  # 0.7 +- 6 sigma at 1M draws
+    assert torch.allclose(y[kept], torch.tensor(2.0 / 0.7))  # survivors scaled by 1 / (1 - p)
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.tensor(1 / 0.7))
+    # channels-last input: output in the same layout, same keep rate; eval: identity
+    z = dropout(torch.ones(16, 64, 32, 32).contiguous(memory_format=torch.channels_last))
+    assert z.is_contiguous(memory_format=torch.channels_last) and abs((z != 0).float().mean().item() - 0.7) < 0.003
+    assert torch.equal(dropout.eval()(x), x)
+
+
+def test_add_lora_uses_fast_dropout_everywhere():
+    from edge_persrep.server_side.contrastive import FastDropout
+
+    backbone = create_backbone("efficientnet_lite0")
+    add_lora(backbone, TrainConfig())
+    dropouts = [m for n, m in backbone.model.named_modules() if n.endswith("lora_dropout.default")]
+    assert dropouts and all(isinstance(m, FastDropout) and m.p == 0.3 for m in dropouts)
+
+
 def test_training_changes_lora_and_lowers_the_loss(examples, tmp_path):
     from edge_persrep.runtime import list_images, load_image
     from edge_persrep.server_side.contrastive import train
@@ -98,6 +125,7 @@ def test_training_changes_lora_and_lowers_the_loss(examples, tmp_path):
     assert set(after) == set(before)  # merged back into the plain timm model
     assert not torch.equal(after["conv_head.weight"], before["conv_head.weight"])
     assert torch.equal(after["blocks.2.0.conv_pw.weight"], before["blocks.2.0.conv_pw.weight"])  # frozen trunk
+    assert all(v.is_contiguous() for v in after.values())  # trained channels-last, handed back as torch's default
 
 
 def test_killed_training_resumes_to_the_same_weights(examples, tmp_path, monkeypatch):

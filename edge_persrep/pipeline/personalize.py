@@ -24,6 +24,7 @@ from ..export.bundle_writer import versions
 from ..runtime.files import sha256_file
 from ..runtime.finder import Finder, stored_photos
 from ..runtime.images import list_images, load_image
+from ..runtime.threads import settings as thread_settings
 from ..server_side import synth
 from ..server_side.backbones import Backbone
 from ..server_side.contrastive import load_adapter, train
@@ -110,7 +111,8 @@ def _record(plan: Plan, negatives: Sequence[Image.Image], timings: dict) -> dict
             "device": plan.device, "photos": [copy_name(i, p) for i, p in enumerate(plan.photos)],
             "photo_sha256": [sha256_file(p) for p in plan.photos],
             "negatives": {"count": len(negatives), "sha256": _content_sha256(negatives)},
-            "train_config": asdict(plan.train_config), "versions": versions(), "timings": timings,
+            "train_config": asdict(plan.train_config), "versions": versions(), "threads": thread_settings(),
+            "timings": timings,
             "diffusion": _diffusion_record(plan.diffusion) if plan.diffusion is not None else None,
             "synth_data": str(r.synth_data) if r.synth_data is not None else None}
 

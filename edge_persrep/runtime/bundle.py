@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import BundleError
 from .files import sha256_tree
+from .threads import threads as current_threads
 
 FORMAT = "edge-persrep-bundle"
 FORMAT_VERSION = 1
@@ -194,6 +195,7 @@ def make_session(model_path: Path, providers: list[str] | None = None, threads: 
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     for key, value in config.items():
         options.add_session_config_entry(key, value)
+    threads = threads or current_threads()  # the CLI's --threads (runtime/threads.py), else ORT's default
     if threads:
         options.intra_op_num_threads = threads
     try:

@@ -11,10 +11,14 @@ pooled inside the box, and the same grid pooled outside the box (the negative it
 one more negative. Pooling the whole image instead pulls the object towards the look-alike it was
 pasted on (measured: dog AP 0.988 -> 0.585 on the identity-disjoint benchmark).
 
-CPU speed-up (`cache_trunk`): the frozen trunk (everything before the first LoRA'd block) is run
-once per augmented view, not once per step. Each image gets `views` augmentations up front, drawn
-from the same paper augmentations; steps then sample from those views. This changes only how
-often augmentations are redrawn, not what they are.
+CPU speed-ups, none of which changes the recipe:
+- `cache_trunk`: the frozen trunk (everything before the first LoRA'd block) is run once per
+  augmented view, not once per step. Each image gets `views` augmentations up front, drawn from the
+  same paper augmentations; steps then sample from those views. This changes only how often
+  augmentations are redrawn, not what they are.
+- LoRA dropout draws its masks 16 bits at a time (`FastDropout`): torch's CPU dropout draws a
+  random number per element, which was 28% of a quick step on Lite0 (profiled).
+- Convolutional backbones train in channels-last memory layout (oneDNN's native one on CPUs).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
 from ..runtime.errors import EdgePersrepError
@@ -87,8 +92,32 @@ def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tens
     return F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))
 
 
+class FastDropout(nn.Module):
+    """nn.Dropout(p) on CPU with masks drawn 16 bits per element, four elements per 64-bit random
+    word: the keep probability is (1 - p) to within 1/65536, the scaling the same. torch's CPU
+    dropout draws one random number per element (77-110 ms for one [48, 672, 14, 14] LoRA input,
+    this 21 ms). Other devices use torch's dropout."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            x = x.contiguous()
+        words = torch.randint(-2**63, 2**63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64)
+        bits = words.view(torch.int16)[:x.numel()].as_strided(x.shape, x.stride())  # x's layout: iid either way
+        keep = bits < -32768 + round((1 - self.p) * 65536)
+        return torch.where(keep, x, 0.0).mul_(1 / (1 - self.p))
+
+
 def add_lora(backbone: Backbone, config: TrainConfig):
-    """Wrap the backbone's timm model with peft LoRA on the registered targets (in place)."""
+    """Wrap the backbone's timm model with peft LoRA on the registered targets (in place), its
+    dropouts replaced by FastDropout."""
     from peft import LoraConfig, get_peft_model
 
     pattern = "(" + "|".join(backbone.spec.lora_targets) + ")"
@@ -96,6 +125,12 @@ def add_lora(backbone: Backbone, config: TrainConfig):
                       bias="none", target_modules=pattern)
     peft_model = get_peft_model(backbone.model, lora)
     backbone.model = peft_model.base_model.model  # same object, now holding LoRA layers
+    for module in backbone.model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, nn.ModuleDict):
+            for key, dropout in dropouts.items():
+                if isinstance(dropout, nn.Dropout):
+                    dropouts[key] = FastDropout(dropout.p)
     return peft_model
 
 
@@ -208,7 +243,8 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     counts = {"positives": len(positives), **({"in_context_positives": len(framed)} if framed else {})}
     positives = whole or positives  # all in context: the whole images serve too
     peft_model = add_lora(backbone, config)
-    backbone.to(dev).eval()
+    layout = torch.channels_last if backbone.spec.family == "efficientnet" else torch.contiguous_format
+    backbone.to(dev, memory_format=layout).eval()
     for name, module in backbone.named_modules():  # BN stays frozen (eval); only LoRA dropout trains
         if "lora_dropout" in name:
             module.train()
@@ -258,7 +294,7 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     peft_model.save_pretrained(str(out_dir / "adapter"))
     checkpoints.clear()
     backbone.model = peft_model.merge_and_unload()
-    backbone.cpu().eval()
+    backbone.to("cpu", memory_format=torch.contiguous_format).eval()
     atomic_write_json(out_dir / "loss.json", {"loss": losses})
     summary = {"steps": config.steps, "seconds": round(seconds, 1), "loss_first": losses[0], "loss_last": losses[-1],
                "loss_last10_mean": round(float(np.mean(losses[-10:])), 5), "anchors": len(anchors),

@@ -48,7 +48,8 @@ class DiffusionOptions:
     negatives: int = 1000  # paper: ~1,000 negatives from the un-tuned model
     backgrounds: int = 100  # combined: generated scenes Cut-and-Paste pastes onto
     prompts_file: Path | None = None  # replaces the built-in prompt bank
-    min_similarity: float | None = None  # filter threshold; None: paper's (0.6, 0.55 for animals); <= -1: off
+    min_similarity: float | None = None  # filter threshold; None: the mode's default (filtering.default_threshold)
+    filter_mode: str = "global"  # filtering.FILTER_MODES: the paper's crop score or the patch score
     device: str = "cpu"
     filter_backbone: str = DEFAULT_BACKBONE
     filter_weights: Path | None = None
@@ -123,10 +124,11 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
     started = time.time()  # 4: filter
     from ..backbones import create_backbone
 
-    threshold = default_threshold(request.category) if options.min_similarity is None else options.min_similarity
+    threshold = (default_threshold(request.category, options.filter_mode) if options.min_similarity is None
+                 else options.min_similarity)
     filter_model = create_backbone(options.filter_backbone, pretrained=True, weights=options.filter_weights)
     embedder = Embedder(filter_model, device)
-    report = filter_generated(embedder, photos, masks, generated, threshold, out / "filter.json")
+    report = filter_generated(embedder, photos, masks, generated, threshold, out / "filter.json", options.filter_mode)
     if not report.kept:
         best = max(report.scores.values())
         raise EdgePersrepError(f"{out}: all {len(generated)} generated positives were filtered out (best "
