@@ -13,6 +13,9 @@ Reported per target and model (what the user sees first):
                                 accuracy and F1 over the test images (label: the target is shown)
     ap / ap_global              classification AP of the runtime's score (global + region) and of
                                 the paper's global score alone
+    present_bacc_best           the best balanced accuracy any threshold reaches on this test (a
+                                diagnostic, never used to choose anything): present_bacc far below
+                                it is the calibration's error, present_bacc near it the ranking's
     present_bacc_global         `present` as before region scoring: the global score against a
                                 threshold calibrated on global scores (side by side, same features)
     pointing                    scenes where the best region window's centre lies in the target's cell
@@ -50,10 +53,10 @@ from edge_persrep.eval.protocols import (
 from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
 from edge_persrep.runtime.images import load_image
-from edge_persrep.runtime.metrics import average_precision, box_iou, point_in_box
+from edge_persrep.runtime.metrics import average_precision, best_balanced_accuracy, box_iou, point_in_box
 
-METRICS = ("present_bacc", "present_f1", "ap", "ap_global", "present_bacc_global", "pointing", "box_iou",
-           "retrieval_top1")
+METRICS = ("present_bacc", "present_f1", "present_bacc_best", "ap", "ap_global", "present_bacc_global", "pointing",
+           "box_iou", "retrieval_top1")
 
 
 def present_metrics(present: list[bool], labels: list[bool]) -> tuple[float, float]:
@@ -72,7 +75,16 @@ def evaluate(bundle_dir: Path, target: str, subjects, split, test, calibration_n
     bundle = Bundle.load(bundle_dir)
     finder = Finder(bundle, PrototypeStore(bundle.model_sha256, bundle.layout.embedding_dim, bundle.layout.grid_dim))
     s = subjects[target]
+    calibration = {}
+    scores_of = finder._calibration_scores
+
+    def recorded(*args):  # diagnostic: the scores enrolment calibrated on, saved in the report
+        calibration["positives"], calibration["negatives"] = scores_of(*args)
+        return calibration["positives"], calibration["negatives"]
+
+    finder._calibration_scores = recorded
     finder.store.add(finder.make_prototype(target, s.photos[:3], s.category, negatives=calibration_negatives))
+    del finder._calibration_scores
     proto = finder.store.objects[target]
     paper = finder.make_prototype(target, s.photos[:3], s.category, negatives=calibration_negatives, scoring="global")
     feats = finder.embed([t.image for t in test])
@@ -95,12 +107,17 @@ def evaluate(bundle_dir: Path, target: str, subjects, split, test, calibration_n
             pointing.append(point_in_box(((x0 + x1) / 2, (y0 + y1) / 2), t.boxes[target]))
             located = finder.locate(f, m, with_mask=False)
             ious.append(box_iou(located.box, t.boxes[target]) if located.box is not None else 0.0)
-    return {"present_bacc": bacc, "present_f1": f1, "ap": average_precision([m.score for m in matches], labels),
+    return {"present_bacc": bacc, "present_f1": f1,
+            "present_bacc_best": best_balanced_accuracy([m.score for m in matches], labels),
+            "ap": average_precision([m.score for m in matches], labels),
             "ap_global": average_precision([m.global_score for m in matches], labels),
             "present_bacc_global": bacc_global, "threshold_global": round(paper.threshold, 4),
             "pointing": float(np.mean(pointing)), "box_iou": float(np.mean(ious)),
             "retrieval_top1": float(np.mean(top1)), "threshold": round(proto.threshold, 4),
-            "n_pos": int(sum(labels)), "n_test": len(test)}
+            "n_pos": int(sum(labels)), "n_test": len(test),
+            "scores": {"test": [round(m.score, 4) for m in matches], "labels": labels,
+                       "calibration_positives": [round(x, 4) for x in calibration["positives"]],
+                       "calibration_negatives": [round(x, 4) for x in calibration["negatives"]]}}
 
 
 def negatives_folder(subjects, split, target: str, out: Path) -> Path:
@@ -109,6 +126,13 @@ def negatives_folder(subjects, split, target: str, out: Path) -> Path:
     return write_negatives(out / "negatives" / target,
                            {n: subjects[n].photos[:3] if subjects[n].category == category else subjects[n].photos[:1]
                             for n in split.seen})
+
+
+def unused_photos(subjects, split, target: str) -> list[Path]:
+    """The seen subjects' photos that `negatives_folder` leaves out (same category: past the 3rd;
+    other categories: past the 1st): identities training met, photos it did not."""
+    category = subjects[target].category
+    return [p for n in split.seen for p in subjects[n].photos[3 if subjects[n].category == category else 1:]]
 
 
 def summarize(rows: list[dict], seeds: list[int]) -> dict:
@@ -155,6 +179,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="override the preset's training steps")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds of the personalized model ('' = pretrained only)")
     ap.add_argument("--calibrate-on", default="training", help="personalize --calibrate-on: training | held-out")
+    ap.add_argument("--enrol-on", default="run", choices=["run", "unused-photos"],
+                    help="what both models' enrolment calibrates on: the run's own choice (the negatives folder, "
+                         "or --calibrate-on's held-out part), or the seen identities' photos training did not use")
     args = ap.parse_args(argv)
 
     subjects = load_dreambooth(args.data)
@@ -172,8 +199,10 @@ def main(argv=None) -> int:
         test = disjoint_test_set(subjects, split)
         negatives = negatives_folder(subjects, split, target, args.out)
         seen_negatives = sorted(negatives.iterdir())
+        unused = unused_photos(subjects, split, target) if args.enrol_on == "unused-photos" else None
         row = {"target": target, "category": s.category, "seen": len(split.seen), "unseen": len(split.unseen),
-               "note": split.note, "pretrained": evaluate(pretrained, target, subjects, split, test, seen_negatives),
+               "note": split.note,
+               "pretrained": evaluate(pretrained, target, subjects, split, test, unused or seen_negatives),
                "personalized": {}, "personalize_seconds": {}}
         for seed in seeds:
             started = time.time()
@@ -185,7 +214,7 @@ def main(argv=None) -> int:
             run = RunDir(bundle.parent)
             record = run.read()
             calibration = run.enrolment_negatives(record)
-            row["personalized"][str(seed)] = evaluate(bundle, target, subjects, split, test, calibration)
+            row["personalized"][str(seed)] = evaluate(bundle, target, subjects, split, test, unused or calibration)
             row.setdefault("calibration", record["calibration"])
         if seeds:
             row["personalized_mean"] = {k: float(np.mean([row["personalized"][str(sd)][k] for sd in seeds]))
@@ -200,7 +229,8 @@ def main(argv=None) -> int:
 
     summary = summarize(rows, seeds)
     report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3},
-              "calibrate_on": args.calibrate_on, "synth": args.synth, "preset": args.preset, "steps": args.steps,
+              "calibrate_on": args.calibrate_on, "enrol_on": args.enrol_on, "synth": args.synth, "preset": args.preset,
+              "steps": args.steps,
               "seeds": seeds,
               "targets": rows, "mean": summary}
     (args.out / "personalization.json").write_text(json.dumps(report, indent=2))

@@ -116,3 +116,20 @@ def test_best_f1_and_pr_curve():
     assert metrics.best_f1([0.9, 0.8, 0.1], [1, 0, 1]) == pytest.approx(0.8)
     precision, recall = metrics.precision_recall_curve([0.9, 0.8, 0.1], [1, 0, 1])
     assert precision.tolist() == pytest.approx([1, 0.5, 2 / 3]) and recall.tolist() == pytest.approx([0.5, 0.5, 1])
+
+
+def test_best_balanced_accuracy_by_hand_and_against_sklearn():
+    # + at 0.9 and 0.7, - at 0.8 and 0.1: the cut 0.7 keeps both positives and one negative (0.75),
+    # the cut 0.9 one positive and no negative (0.75); no cut separates them
+    assert metrics.best_balanced_accuracy([0.9, 0.8, 0.7, 0.1], [1, 0, 1, 0]) == pytest.approx(0.75)
+    assert metrics.best_balanced_accuracy([0.9, 0.7, 0.2], [1, 1, 0]) == 1.0
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scores = rng.integers(0, 12, 20) / 12  # ties on purpose
+        labels = rng.random(20) < 0.3
+        labels[:2] = [True, False]
+        cuts, balanced = metrics.balanced_accuracy_by_cut(scores[labels], scores[~labels])
+        expected = [sklearn_metrics.balanced_accuracy_score(labels, scores >= t) for t in cuts]
+        assert np.allclose(balanced, expected)
+        assert metrics.best_balanced_accuracy(scores, labels) == pytest.approx(max(expected))

@@ -92,6 +92,7 @@ def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: in
         rows["runtime_segment"] = median_ms(lambda: uncached("segment"), repeats)
         rows["runtime_find_all_per_image"] = median_ms(
             lambda: finder.find(finder.embed([photos[0]])[0], "all"), repeats)
+        rows.update(find_parts(finder, photos[0], repeats))
     report = {
         "backbone": backbone, "input_size": size, "repeats": repeats, "threads": threads or "default",
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -109,6 +110,31 @@ def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: in
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
     return report
+
+
+def find_parts(finder, photo, repeats: int) -> dict[str, float]:
+    """Where a full find's time goes, timed inside the same interleaved loop (photo -> model input,
+    session.run, classify, box + mask): median ms of each part."""
+    from ..runtime.finder import ImageFeatures
+    from ..runtime.images import resize_to_input
+
+    parts: dict[str, list[float]] = {"find_part_resize": [], "find_part_session_run": [],
+                                     "find_part_classify": [], "find_part_locate": []}
+    for i in range(repeats + 3):
+        t0 = time.perf_counter()
+        batch = resize_to_input(photo, finder.bundle.input_size)[None]
+        t1 = time.perf_counter()
+        embeddings, grids = finder.bundle.run(batch)
+        t2 = time.perf_counter()
+        features = ImageFeatures(embeddings[0], grids[0], photo.width, photo.height)
+        matches = finder.classify(features)
+        t3 = time.perf_counter()
+        [finder.locate(features, m, with_mask=True) for m in matches]
+        t4 = time.perf_counter()
+        if i >= 3:  # warm-up
+            for key, (a, b) in zip(parts, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
+                parts[key].append((b - a) * 1000)
+    return {k: statistics.median(v) for k, v in parts.items()}
 
 
 def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_init: bool = False,

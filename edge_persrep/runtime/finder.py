@@ -29,6 +29,7 @@ from .bundle import Bundle
 from .errors import EdgePersrepError, StoreError
 from .files import locked
 from .images import compose_grid, load_image, resize_to_input
+from .metrics import balanced_accuracy_by_cut
 from .store import SCORING_RULES, Prototype, PrototypeStore
 
 PHOTO_SIDE = 384  # reference photos kept in the store are downscaled to this long side
@@ -70,8 +71,7 @@ def decision_threshold(positives: Sequence[float], negatives: Sequence[float], d
     if len(pos) and len(neg):
         if pos[0] > neg[-1]:
             return float((pos[0] + neg[-1]) / 2)
-        cuts = np.unique(np.concatenate([pos, neg]))
-        balanced = [(np.mean(pos >= t) + np.mean(neg < t)) / 2 for t in cuts]
+        cuts, balanced = balanced_accuracy_by_cut(pos, neg)
         return float(cuts[int(np.argmax(balanced))])
     if len(pos):
         return float(pos[0] - 0.05)

@@ -98,6 +98,24 @@ def best_f1(scores, labels) -> float:
     return float(f1.max()) if len(f1) else 0.0
 
 
+def balanced_accuracy_by_cut(positives, negatives) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct score as a cut (present if score >= cut): the cuts, ascending, and the balanced
+    accuracy (true-positive rate + true-negative rate) / 2 at each."""
+    pos, neg = np.asarray(positives, float), np.asarray(negatives, float)
+    cuts = np.unique(np.concatenate([pos, neg]))
+    tpr = (len(pos) - np.searchsorted(np.sort(pos), cuts, side="left")) / max(len(pos), 1)
+    tnr = np.searchsorted(np.sort(neg), cuts, side="left") / max(len(neg), 1)
+    return cuts, (tpr + tnr) / 2
+
+
+def best_balanced_accuracy(scores, labels) -> float:
+    """The best balanced accuracy any threshold reaches on these scores: an upper bound for a
+    calibrated threshold, to tell a threshold's error from the ranking's."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    _, balanced = balanced_accuracy_by_cut(scores[labels], scores[~labels])
+    return float(balanced.max()) if len(balanced) else 0.0
+
+
 def precision_recall_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall at each distinct score, high to low: a threshold keeps every image
     scoring at least it, so tied scores enter together (as in scikit-learn)."""
