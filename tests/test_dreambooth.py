@@ -408,6 +408,7 @@ def test_patch_quality_oracle_and_patch_mode(examples):
     from edge_persrep.server_side.synth.filtering import (
         RealObject,
         filter_generated,
+        locate_object,
         patch_qualities,
         patch_score,
         score_key,
@@ -419,7 +420,8 @@ def test_patch_quality_oracle_and_patch_mode(examples):
     (f,) = embed(_photos(examples)[:1])
     grid = f.grid.reshape(-1, f.grid.shape[2])
     own = RealObject([], grid[:3], grid)  # targets: any of its patches, so something is located
-    qualities = patch_qualities(f, own)
+    mask, _ = locate_object(f, own)
+    qualities = patch_qualities(f, own, mask)
     assert len(qualities) > 0 and np.allclose(qualities, 1.0, atol=1e-5)
     candidates = list_images([examples / "dog_heldout", examples / "heldout_others"])
     report = filter_generated(embed, _photos(examples), None, candidates, 0.5, mode="patch")

@@ -169,6 +169,11 @@ def _result(request: SynthRequest, manifest: dict, files: set[str], manifest_pat
     return SynthResult([request.out_dir / e["file"] for e in manifest["images"] if e["file"] in files], manifest_path)
 
 
+def score_key(path: Path) -> str:
+    """How a generated image is named in the manifest and the filter's report: `positives/00012.jpg`."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def in_context_boxes(result: SynthResult) -> list[tuple[int, int, int, int] | None]:
     """Per positive, the box of the object pasted in context (synth `context`, kind "in_context" in
     the manifest), else None: training scores those inside their box (server_side.contrastive)."""
@@ -176,7 +181,7 @@ def in_context_boxes(result: SynthResult) -> list[tuple[int, int, int, int] | No
     entries = {e["file"]: e for e in manifest.get("images", [])}
     boxes = []
     for path in result.positives:
-        entry = entries.get(f"{path.parent.name}/{path.name}", {})
+        entry = entries.get(score_key(path), {})
         boxes.append(tuple(entry["box"]) if entry.get("kind") == "in_context" else None)
     return boxes
 

@@ -32,6 +32,7 @@ from ...runtime.finder import ImageFeatures, object_cells
 from ...runtime.images import load_image
 from ..embedder import Embedder
 from ..options import FILTER_MODES, PATCH_THRESHOLD
+from .base import score_key
 from .prompts import group_of
 
 PAPER_THRESHOLD = 0.6
@@ -68,11 +69,16 @@ def real_object(photos: Sequence[Image.Image], features: Sequence[ImageFeatures]
     return RealObject(crops, np.stack(targets), np.concatenate(patches))
 
 
-def patch_qualities(features: ImageFeatures, real: RealObject) -> np.ndarray:
-    """Each patch of the object located in a generated image: its best cosine to the real object's
-    patches (empty if nothing is located)."""
-    mask, box = dense.localize(dense.similarity_map(features.grid, real.targets), features.width, features.height)
-    if box is None:
+def locate_object(features: ImageFeatures, real: RealObject) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """The real object found in a generated image: (photo-sized mask, box or None), by the
+    runtime's dense localisation against the real photos' patch targets."""
+    return dense.localize(dense.similarity_map(features.grid, real.targets), features.width, features.height)
+
+
+def patch_qualities(features: ImageFeatures, real: RealObject, mask: np.ndarray) -> np.ndarray:
+    """Each patch of the object located in a generated image (`mask`, from locate_object): its best
+    cosine to the real object's patches (empty if nothing is located)."""
+    if not mask.any():
         return np.zeros(0, np.float32)
     cells = dense.mask_to_grid(mask, features.grid.shape[:2])  # the cells the located object half covers
     return (features.grid[cells] @ real.patches.T).max(axis=1)
@@ -81,11 +87,6 @@ def patch_qualities(features: ImageFeatures, real: RealObject) -> np.ndarray:
 def patch_score(qualities: np.ndarray, quantile: float = PATCH_QUANTILE) -> float:
     """An image's patch score: the `quantile` quantile of its patch qualities (0 with no patch)."""
     return float(np.quantile(qualities, quantile)) if len(qualities) else 0.0
-
-
-def score_key(path: Path) -> str:
-    """How a candidate is named in the report: `positives/00012.jpg`, like the manifest."""
-    return f"{path.parent.name}/{path.name}"
 
 
 @dataclass
@@ -117,9 +118,9 @@ def filter_generated(embed: Embedder, photos: Sequence[Image.Image], masks: Sequ
         images = [load_image(p) for p in paths]
         located = []
         for path, image, f in zip(paths, images, embed(images)):
-            _, box = dense.localize(dense.similarity_map(f.grid, real.targets), f.width, f.height, with_mask=False)
+            mask, box = locate_object(f, real)
             located.append(image.crop(box) if box is not None else image)
-            patch_scores[score_key(path)] = round(patch_score(patch_qualities(f, real)), 4)
+            patch_scores[score_key(path)] = round(patch_score(patch_qualities(f, real, mask)), 4)
         for path, f in zip(paths, embed(located)):
             scores[score_key(path)] = round(float((reference @ f.embedding).mean()), 4)
     chosen = scores if mode == "global" else patch_scores
