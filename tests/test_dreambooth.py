@@ -426,6 +426,7 @@ def test_patch_quality_oracle_and_patch_mode(examples):
     candidates = list_images([examples / "dog_heldout", examples / "heldout_others"])
     report = filter_generated(embed, _photos(examples), None, candidates, 0.5, mode="patch")
     assert report.mode == "patch" and set(report.patch_scores) == set(report.scores)
+    assert report.chosen is report.patch_scores  # what the threshold and the all-dropped error use
     assert report.kept == [p for p in candidates if report.patch_scores[score_key(p)] >= 0.5]
     with pytest.raises(EdgePersrepError, match="unknown filter mode"):
         filter_generated(embed, _photos(examples), None, candidates, 0.5, mode="patches")

@@ -98,6 +98,11 @@ class FilterReport:
     mode: str = "global"  # which of the two `threshold` applies to
 
     @property
+    def chosen(self) -> dict[str, float]:
+        """The scores `threshold` applies to (`mode`'s)."""
+        return self.scores if self.mode == "global" else self.patch_scores
+
+    @property
     def dropped(self) -> int:
         return len(self.scores) - len(self.kept)
 
@@ -123,11 +128,10 @@ def filter_generated(embed: Embedder, photos: Sequence[Image.Image], masks: Sequ
             patch_scores[score_key(path)] = round(patch_score(patch_qualities(f, real, mask)), 4)
         for path, f in zip(paths, embed(located)):
             scores[score_key(path)] = round(float((reference @ f.embedding).mean()), 4)
-    chosen = scores if mode == "global" else patch_scores
-    kept = [p for p in candidates if chosen[score_key(p)] >= threshold]
-    report = FilterReport(kept, scores, threshold, patch_scores, mode)
+    report = FilterReport([], scores, threshold, patch_scores, mode)
+    report.kept = [p for p in candidates if report.chosen[score_key(p)] >= threshold]
     if report_path is not None:
-        atomic_write_json(report_path, {"mode": mode, "threshold": threshold, "kept": len(kept),
+        atomic_write_json(report_path, {"mode": mode, "threshold": threshold, "kept": len(report.kept),
                                         "dropped": report.dropped, "scores": scores, "patch_scores": patch_scores,
                                         "patch_quantile": PATCH_QUANTILE})
     return report

@@ -130,10 +130,10 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
     embedder = Embedder(filter_model, device)
     report = filter_generated(embedder, photos, masks, generated, threshold, out / "filter.json", options.filter_mode)
     if not report.kept:
-        best = max(report.scores.values())
+        best = max(report.chosen.values())
         raise EdgePersrepError(f"{out}: all {len(generated)} generated positives were filtered out (best "
-                               f"similarity {best:.3f} < threshold {threshold}); check the DreamBooth result in "
-                               f"{out / 'positives'} or lower --min-similarity")
+                               f"{options.filter_mode} score {best:.3f} < threshold {threshold}); check the DreamBooth "
+                               f"result in {out / 'positives'} or lower --min-similarity")
     timings["filter_s"] = round(time.time() - started, 1)
 
     positives = list(report.kept)
