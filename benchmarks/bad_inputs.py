@@ -138,13 +138,14 @@ def main(argv=None) -> int:
         if not other.exists():
             cli("export", "--backbone", "efficientnet_lite2", "--pretrained", "--out", other)
             cli("enroll", other, EXAMPLES / "dog", "--name", "dog")
-        shutil.copy(other / "prototypes.npz", b / "prototypes.npz")
+        shutil.copy(other / "prototypes.safetensors", b / "prototypes.safetensors")
 
     bundle_case("missing model.onnx", lambda b: (b / "model.onnx").unlink())
     bundle_case("one changed byte in model.onnx", flip_byte)
     bundle_case("newer format version", edit(lambda m: m.update(format_version=7)))
     bundle_case("prototype store from another model", foreign_store, ("find",))
-    bundle_case("corrupt prototype store", lambda b: (b / "prototypes.npz").write_bytes(b"PK\x03\x04junk"), ("find",))
+    bundle_case("corrupt prototype store",
+                lambda b: (b / "prototypes.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{junk"), ("find",))
     bundle_case("bundle.json: wrong type", edit(lambda m: m["input"].update(size="320")))
     bundle_case("bundle.json: extra nesting", edit(lambda m: m["files"].update(model={"path": {"p": "model.onnx"}})))
     bundle_case("bundle.json: path ../../etc/passwd",

@@ -34,7 +34,6 @@ target and seed); `--seeds ''` evaluates the pretrained model only.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -52,6 +51,7 @@ from edge_persrep.eval.protocols import (
 )
 from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
+from edge_persrep.runtime.files import atomic_write_json
 from edge_persrep.runtime.images import load_image
 from edge_persrep.runtime.metrics import average_precision, best_balanced_accuracy, box_iou, point_in_box
 
@@ -169,6 +169,16 @@ def print_tables(rows: list[dict], summary: dict, seeds: list[int]) -> None:
             print(f"| {model} | " + " | ".join(cells) + " |")
 
 
+def write_report(args, seeds: list[int], rows: list[dict], complete: bool) -> None:
+    """OUT/personalization.json, rewritten after every target so that a long run killed part-way keeps its
+    results (`complete` says whether every target is in)."""
+    report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3},
+              "calibrate_on": args.calibrate_on, "enrol_on": args.enrol_on, "synth": args.synth, "preset": args.preset,
+              "steps": args.steps, "seeds": seeds, "complete": complete,
+              "targets": rows, "mean": summarize(rows, seeds)}
+    atomic_write_json(args.out / "personalization.json", report)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="the DreamBooth dataset folder")
@@ -227,14 +237,9 @@ def main(argv=None) -> int:
               f"   present bAcc {pre['present_bacc']:.3f}" + (f" -> {pers['present_bacc']:.3f}" if pers else "") +
               f"   pointing {pre['pointing']:.3f}" + (f" -> {pers['pointing']:.3f}" if pers else ""), flush=True)
 
-    summary = summarize(rows, seeds)
-    report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3},
-              "calibrate_on": args.calibrate_on, "enrol_on": args.enrol_on, "synth": args.synth, "preset": args.preset,
-              "steps": args.steps,
-              "seeds": seeds,
-              "targets": rows, "mean": summary}
-    (args.out / "personalization.json").write_text(json.dumps(report, indent=2))
-    print_tables(rows, summary, seeds)
+        write_report(args, seeds, rows, complete=len(rows) == len(targets))
+
+    print_tables(rows, summarize(rows, seeds), seeds)
     print(f"\nwrote {args.out / 'personalization.json'}")
     return 0
 

@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what a bundle holds, and whether its checks pass")
     p.add_argument("bundle", type=bundle_dir, help=BUNDLE_HELP)
     p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p = sub.add_parser("upgrade", help="convert a bundle of an older format (1: numpy-zip store) to the current one")
+    p.add_argument("bundle", type=bundle_dir, help=BUNDLE_HELP)
     p = sub.add_parser("eval", help="pretrained vs personalized on the four tasks; writes report.json + index.html")
     p.add_argument("--dataset", required=True, type=Path, help="the dataset folder (see --layout)")
     p.add_argument("--layout", default="pods", choices=["pods", "procedural", "dreambooth"],
@@ -487,6 +489,15 @@ def cmd_info(args) -> None:
         print("  no objects enrolled")
 
 
+def cmd_upgrade(args) -> None:
+    from .runtime.bundle import FORMAT_VERSION, upgrade
+
+    if upgrade(args.bundle):
+        print(f"{args.bundle}: upgraded to bundle format {FORMAT_VERSION}")
+    else:
+        print(f"{args.bundle}: already bundle format {FORMAT_VERSION}, nothing to do")
+
+
 def cmd_bench(args) -> None:
     from .eval.bench import run_bench, run_variants_bench
 
@@ -530,7 +541,8 @@ def cmd_make_dataset(args) -> None:
 
 COMMANDS = {"eval": cmd_eval, "make-dataset": cmd_make_dataset, "personalize": cmd_personalize, "synth": cmd_synth,
             "make-test-sd": cmd_make_test_sd, "export": cmd_export, "export-adapter": cmd_export_adapter,
-            "enroll": cmd_enroll, "find": cmd_find, "retrieve": cmd_retrieve, "info": cmd_info, "bench": cmd_bench}
+            "enroll": cmd_enroll, "find": cmd_find, "retrieve": cmd_retrieve, "info": cmd_info, "upgrade": cmd_upgrade,
+            "bench": cmd_bench}
 
 
 def _notes_on_stderr() -> None:

@@ -93,3 +93,28 @@ def box_masks(photo_dir: Path, mask_dir: Path, parts: int = 4) -> Path:
         m[h // parts: (parts - 1) * h // parts, w // parts: (parts - 1) * w // parts] = 255
         Image.fromarray(m).save(mask_dir / f"{photo.stem}.png")
     return mask_dir
+
+
+def write_format1_store(store, path: Path, drop_scoring: bool = False) -> None:
+    """A prototype store as edge-persrep wrote it before bundle format 2 (a numpy zip with the JSON
+    metadata as a uint8 array; with `drop_scoring`, as written before region scoring), for the
+    tests that old bundles still load and upgrade."""
+    import hashlib
+    import json
+
+    arrays = {}
+    entries = []
+    for i, p in enumerate(store.objects.values()):
+        arrays.update({f"o{i}_embeddings": p.embeddings, f"o{i}_targets": p.targets,
+                       f"o{i}_box_features": p.box_features})
+        arrays.update({f"o{i}_photo{j}": np.frombuffer(b, np.uint8) for j, b in enumerate(p.photos)})
+        entry = {"name": p.name, "category": p.category, "threshold": p.threshold, "photos": len(p.photos)}
+        entries.append(entry if drop_scoring else {**entry, "scoring": p.scoring})
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    meta = {"format_version": 1, "model_sha256": store.model_sha256, "embedding_dim": store.embedding_dim,
+            "grid_dim": store.grid_dim, "objects": entries, "arrays_sha256": digest.hexdigest()}
+    np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)

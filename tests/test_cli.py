@@ -139,7 +139,7 @@ def test_rerun_redoes_no_finished_stage(personalized_run, examples):
     """A rerun of a finished run trains, synthesises, exports and enrols nothing again."""
     watched = [personalized_run / "train" / "loss.json", personalized_run / "synth" / "manifest.json",
                personalized_run / "bundle" / "bundle.json", personalized_run / "bundle" / "model.onnx",
-               personalized_run / "bundle" / "prototypes.npz"]
+               personalized_run / "bundle" / "prototypes.safetensors"]
     before = [p.stat().st_mtime_ns for p in watched]
     run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", personalized_run,
             "--negatives", examples / "negatives", "--steps", "4", "--seed", "1")
@@ -210,14 +210,14 @@ def test_read_only_output_directory_gives_one_line_and_keeps_the_store(tmp_path,
 
     bundle = tmp_path / "ro" / "bundle"
     shutil.copytree(personalized_run / "bundle", bundle)
-    before = (bundle / "prototypes.npz").read_bytes()
+    before = (bundle / "prototypes.safetensors").read_bytes()
     script = (f"mount --bind {tmp_path / 'ro'} {tmp_path / 'ro'} && mount -o remount,bind,ro {tmp_path / 'ro'} && "
               f"{sys.executable} -m edge_persrep.cli enroll {bundle} "
               f"{examples / 'heldout_others' / 'cat_00.jpg'} --name cat")
     out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
     assert out.returncode == 2, out.stderr
     assert "Read-only file system" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    assert (bundle / "prototypes.npz").read_bytes() == before
+    assert (bundle / "prototypes.safetensors").read_bytes() == before
 
 
 def test_offline_flag_refuses_a_hub_backbone_with_what_to_do(tmp_path):

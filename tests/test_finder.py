@@ -155,18 +155,12 @@ def test_a_small_dog_among_other_things_is_found_by_its_region(finder, examples)
 
 
 def test_stores_from_before_region_scoring_keep_their_global_rule(finder, tmp_path):
-    import io
-    import json
+    from conftest import write_format1_store
 
     from edge_persrep.runtime import PrototypeStore
 
-    with np.load(io.BytesIO(finder.store.to_bytes()), allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    meta = json.loads(arrays["meta"].tobytes())
-    assert meta["objects"][0]["scoring"] == "region"
-    del meta["objects"][0]["scoring"]  # as written by edge-persrep before region scoring
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    np.savez(tmp_path / "old.npz", **arrays)
+    assert finder.store.objects["dog"].scoring == "region"
+    write_format1_store(finder.store, tmp_path / "old.npz", drop_scoring=True)  # as before region scoring
     old = Finder(finder.bundle, PrototypeStore.load(tmp_path / "old.npz", finder.bundle.model_sha256))
     from edge_persrep.runtime.finder import stored_photos
 
@@ -198,3 +192,38 @@ def test_overlay_tints_a_red_object_in_another_colour_and_labels_it(tmp_path):
     assert (out[140:, :] == 120).all()  # away from the object and its label, the photo is untouched
     label = out[40:60, 60:140]
     assert (label == 255).all(axis=-1).any() and (label == 0).all(axis=-1).any()  # white text on black
+
+
+def test_a_port_written_from_the_format_doc_gets_the_runtimes_scores_and_decisions(finder, examples):
+    """docs/bundle-format.md's classify rule, written again here from the doc alone with the
+    `safetensors` library and plain onnxruntime (no edge_persrep code): same scores and `present`."""
+    import json
+
+    import onnxruntime as ort
+    from PIL import Image, ImageOps
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+    root = finder.bundle.root
+    manifest = json.loads((root / "bundle.json").read_text())
+    tensors = safetensors_numpy.load((root / manifest["store"]).read_bytes())
+    meta = json.loads(tensors["meta"].tobytes())
+    assert meta["model_sha256"] == manifest["files"]["model"]["sha256"]
+    session = ort.InferenceSession(str(root / manifest["files"]["model"]["path"]), providers=["CPUExecutionProvider"])
+    size = manifest["input"]["size"]
+    photos = list_images([examples / "dog_heldout", examples / "heldout_others"])
+    for path in photos:
+        photo = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        x = np.asarray(photo.resize((size, size), Image.BICUBIC), np.uint8)[None]
+        e, grid = (a[0] for a in session.run(["embedding", "patch_grid"], {"image": x}))
+        h, w, c = grid.shape
+        sizes = list(dict.fromkeys((round(f * h), round(f * w)) for f in (0.3, 0.45, 0.6)))
+        windows = [grid[y:y + kh, x0:x0 + kw].reshape(-1, c).mean(axis=0)
+                   for kh, kw in sizes for y in range(h - kh + 1) for x0 in range(w - kw + 1)]
+        windows = np.stack([v / np.linalg.norm(v) for v in windows])
+        (expected,) = finder.classify(finder.embed([path])[0])
+        for i, obj in enumerate(meta["objects"]):
+            g = float((tensors[f"o{i}.embeddings"] @ e).max())
+            r = float((windows @ tensors[f"o{i}.box_features"].T).max())
+            score = max(g, r) if obj["scoring"] == "region" else g
+            assert obj["name"] == expected.name and score == pytest.approx(expected.score, abs=1e-5), path
+            assert (score >= obj["threshold"]) == expected.present, path

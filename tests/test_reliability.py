@@ -32,7 +32,7 @@ while True:
 def test_sigkill_during_store_writes_never_breaks_the_store(bundle_copy):
     """A process rewrites a ~7 MB store in a loop; it is SIGKILLed at 12 random moments. After each
     kill the store must load, and hold either the last count the writer reported or one more."""
-    path = bundle_copy / "prototypes.npz"
+    path = bundle_copy / "prototypes.safetensors"
     sha = Finder.open(bundle_copy).bundle.model_sha256
     PrototypeStore(sha, 1280, 1280).save(path)
     rng = random.Random(0)
@@ -52,16 +52,16 @@ def test_sigkilled_enroll_leaves_old_or_new_store(bundle_copy, examples):
     rng = random.Random(1)
     sha = Finder.open(bundle_copy).bundle.model_sha256
     for attempt in range(4):
-        before = set(PrototypeStore.load(bundle_copy / "prototypes.npz", sha).objects) \
-            if (bundle_copy / "prototypes.npz").exists() else set()
+        before = set(PrototypeStore.load(bundle_copy / "prototypes.safetensors", sha).objects) \
+            if (bundle_copy / "prototypes.safetensors").exists() else set()
         proc = subprocess.Popen([sys.executable, "-m", "edge_persrep.cli", "enroll", str(bundle_copy),
                                  str(examples / "dog"), "--name", f"dog{attempt}"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.5, 4.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if (bundle_copy / "prototypes.npz").exists():
-            after = set(PrototypeStore.load(bundle_copy / "prototypes.npz", sha).objects)
+        if (bundle_copy / "prototypes.safetensors").exists():
+            after = set(PrototypeStore.load(bundle_copy / "prototypes.safetensors", sha).objects)
             assert after in (before, before | {f"dog{attempt}"})
 
 

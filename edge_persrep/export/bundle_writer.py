@@ -13,14 +13,14 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
-from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST
+from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, STORE_FILE
 from ..runtime.errors import EdgePersrepError
 from ..runtime.files import atomic_write_json, sha256_file
 from ..runtime.images import resize_to_input
 from ..server_side.backbones import Backbone, check_export_size
 from .onnx_export import OPSET, export_onnx
 
-MODEL_FILE, STORE_FILE = "model.onnx", "prototypes.npz"
+MODEL_FILE = "model.onnx"
 
 
 def versions() -> dict:

@@ -5,9 +5,11 @@ Layout of a bundle directory:
     model.onnx        input `image`: uint8 [N, S, S, 3] RGB (normalisation is inside the graph);
                       outputs `embedding` [N, D] (L2-normalised) and `patch_grid` [N, h, w, C]
                       (each patch L2-normalised)
-    prototypes.npz    the prototype store (self-verifying; see store.py)
+    prototypes.safetensors  the prototype store (self-verifying; see store.py)
 The manifest pins the sha256 of every immutable file; the store changes on every enrolment, so it
-carries its own checksum and the hash of the model it was computed with instead.
+carries its own checksum and the hash of the model it was computed with instead. docs/bundle-format.md
+specifies all of it for apps in other languages. Format 1 bundles (store `prototypes.npz`) still
+load; `upgrade` converts one to format 2.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError
-from .files import sha256_tree
+from .files import atomic_write_json, locked, sha256_tree
+from .store import LEGACY_SUFFIX, PrototypeStore
 from .threads import threads as current_threads
 
 FORMAT = "edge-persrep-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the store is safetensors + JSON (1: a numpy zip)
 MANIFEST = "bundle.json"
+STORE_FILE = "prototypes.safetensors"
 MAX_MANIFEST_BYTES = 1 << 20
 
 
@@ -140,6 +144,28 @@ class Bundle:
         batch size (the mobile variant: 1) is run in chunks of that size."""
         fixed = self.session.get_inputs()[0].shape[0]
         return run_in_chunks(self.session, batch, fixed if isinstance(fixed, int) and fixed > 0 else len(batch))
+
+
+def upgrade(root: str | os.PathLike) -> bool:
+    """Convert a format-1 bundle to format 2 in place: its store rewritten as safetensors + JSON,
+    then the manifest. False if it is already format 2. A crash part-way leaves a loadable bundle
+    (the old manifest and store stay until the new manifest has replaced the old one)."""
+    import json
+
+    root = Path(root)
+    bundle = Bundle.load(root)
+    if bundle.manifest["format_version"] >= FORMAT_VERSION:
+        return False
+    old_store = bundle.store_path
+    with locked(old_store):  # no enrolment into the old store while it is converted
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        if old_store.suffix == LEGACY_SUFFIX and old_store.exists():
+            PrototypeStore.load(old_store, bundle.model_sha256).save(root / STORE_FILE)
+        manifest.update(format_version=FORMAT_VERSION, store=STORE_FILE)
+        atomic_write_json(root / MANIFEST, manifest)
+        if old_store.suffix == LEGACY_SUFFIX:
+            old_store.unlink(missing_ok=True)
+    return True
 
 
 def run_in_chunks(session, batch: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
