@@ -28,6 +28,13 @@ def test_changed_byte_in_model_is_refused(bundle_copy):
         Bundle.load(bundle_copy)
 
 
+def test_changed_scorer_graph_is_refused(bundle_copy):
+    scorer = bundle_copy / "scorer.onnx"
+    scorer.write_bytes(scorer.read_bytes()[:-1] + b"\0")
+    with pytest.raises(BundleError, match="scorer.onnx: checksum"):
+        Bundle.load(bundle_copy)
+
+
 def test_missing_model_and_missing_manifest(bundle_copy):
     (bundle_copy / "model.onnx").unlink()
     with pytest.raises(BundleError, match="missing"):
@@ -238,7 +245,7 @@ def test_format1_bundle_loads_refuses_enrolment_until_upgraded_and_upgrade_keeps
     out = run_cli("upgrade", bundle_copy)
     assert "upgraded to bundle format 2" in out.stdout
     files = sorted(p.name for p in bundle_copy.iterdir() if p.suffix != ".lock")  # enrolment's lock files stay
-    assert files == ["bundle.json", "model.onnx", "prototypes.safetensors"]
+    assert files == ["bundle.json", "model.onnx", "prototypes.safetensors", "scorer.onnx"]
     upgraded = Finder.open(bundle_copy)
     assert upgraded.bundle.manifest["format_version"] == 2
     (p,) = upgraded.store.objects.values()

@@ -227,3 +227,43 @@ def test_a_port_written_from_the_format_doc_gets_the_runtimes_scores_and_decisio
             score = max(g, r) if obj["scoring"] == "region" else g
             assert obj["name"] == expected.name and score == pytest.approx(expected.score, abs=1e-5), path
             assert (score >= obj["threshold"]) == expected.present, path
+
+
+def test_the_bundles_scorer_graph_gives_the_runtimes_scores_boxes_and_maps(finder, examples):
+    """scorer.onnx (what apps in other languages run after the model) against Finder, on real
+    photos and scenes, with three objects: region-scored, a second one, and one global-only."""
+    import onnxruntime as ort
+
+    from edge_persrep.runtime import PrototypeStore
+    from edge_persrep.runtime.images import compose_grid
+
+    scorer_path, _ = finder.bundle.scorer_entry
+    session = ort.InferenceSession(str(scorer_path), providers=["CPUExecutionProvider"])
+    negatives = list_images([examples / "negatives"])
+    store = PrototypeStore(finder.store.model_sha256, finder.store.embedding_dim, finder.store.grid_dim)
+    store.add(finder.store.objects["dog"])
+    store.add(finder.make_prototype("thing", negatives[:2], "thing"))
+    store.add(finder.make_prototype("dog_global", list_images([examples / "dog"]), "dog", scoring="global"))
+    three = Finder(finder.bundle, store)
+    others = [load_image(p) for p in list_images([examples / "heldout_others"])]
+    photos = [load_image(p) for p in list_images([examples / "dog_heldout"])] + others[:3] \
+        + [compose_grid([others[0], load_image(list_images([examples / "dog_heldout"])[0])] + others[1:3], 2, 640)]
+    feats = three.embed(photos)
+    out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {
+        "embedding": np.stack([f.embedding for f in feats]), "patch_grid": np.stack([f.grid for f in feats]),
+        **store.scorer_inputs()})))
+    assert out["window_boxes"].shape == (138, 4)  # Lite0's 10x10 grid: 3x3, 4x4 and 6x6 windows
+    presents = set()
+    for n, f in enumerate(feats):
+        for j, m in enumerate(three.classify(f)):
+            p = store.objects[m.name]
+            assert out["global_score"][n, j] == pytest.approx(m.global_score, abs=1e-5)
+            assert out["region_score"][n, j] == pytest.approx(m.region_score, abs=1e-5)
+            assert out["score"][n, j] == pytest.approx(m.score, abs=1e-5) and out["present"][n, j] == m.present
+            box = dense.cells_to_pixels(out["region_box"][n, j], f.grid.shape[:2], f.width, f.height)
+            assert box == m.region_box
+            np.testing.assert_allclose(out["similarity_map"][n, j], dense.similarity_map(f.grid, p.targets), atol=1e-5)
+            anchor = dense.object_window(out["window_scores"][n, :, j], out["window_boxes"].astype(int))
+            assert dense.cells_to_pixels(anchor, f.grid.shape[:2], f.width, f.height) == three._object_extent(f, p)
+            presents.add(m.present)
+    assert presents == {True, False}  # both decisions were compared

@@ -13,12 +13,13 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
-from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, STORE_FILE
+from ..runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, SCORER_FILE, STORE_FILE, FeatureLayout
 from ..runtime.errors import EdgePersrepError
 from ..runtime.files import atomic_write_json, sha256_file
 from ..runtime.images import resize_to_input
 from ..server_side.backbones import Backbone, check_export_size
 from .onnx_export import OPSET, export_onnx
+from .scorer import write_scorer
 
 MODEL_FILE = "model.onnx"
 
@@ -65,6 +66,8 @@ def write_bundle(backbone: Backbone, out: Path, check_photos: list[Image.Image],
     try:
         started = time.time()
         export_check, (emb_dim,), (gh, gw, grid_dim) = export_onnx(backbone, staging / MODEL_FILE, size, check)
+        scorer = write_scorer(staging / SCORER_FILE, FeatureLayout(int(emb_dim), int(grid_dim), int(gh), int(gw),
+                                                                   size // int(gw)))
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -79,7 +82,8 @@ def write_bundle(backbone: Backbone, out: Path, check_photos: list[Image.Image],
                         "patch_grid": {"name": "patch_grid", "dim": int(grid_dim), "height": int(gh), "width": int(gw),
                                        "stride": size // int(gw), "normalised": "L2 per patch"}},
             "files": {"model": {"path": MODEL_FILE, "sha256": sha256_file(staging / MODEL_FILE),
-                                "bytes": (staging / MODEL_FILE).stat().st_size, "opset": OPSET, "precision": "fp32"}},
+                                "bytes": (staging / MODEL_FILE).stat().st_size, "opset": OPSET, "precision": "fp32"},
+                      "scorer": scorer},
             "store": STORE_FILE,
             "default_threshold": spec.default_threshold,
             "export_check": {**export_check, "seconds": round(time.time() - started, 2)},

@@ -30,6 +30,7 @@ FORMAT = "edge-persrep-bundle"
 FORMAT_VERSION = 2  # 2: the store is safetensors + JSON (1: a numpy zip)
 MANIFEST = "bundle.json"
 STORE_FILE = "prototypes.safetensors"
+SCORER_FILE = "scorer.onnx"  # the scoring as an ONNX graph, for apps (export/scorer.py); optional
 MAX_MANIFEST_BYTES = 1 << 20
 
 
@@ -121,6 +122,19 @@ class Bundle:
 
     def verify(self) -> None:
         _check_listed_file(self.model_path, self.model_file_sha256, self.root / MANIFEST)
+        scorer = self.scorer_entry
+        if scorer is not None:
+            _check_listed_file(scorer[0], scorer[1], self.root / MANIFEST)
+
+    @property
+    def scorer_entry(self) -> tuple[Path, str] | None:
+        """(path, sha256) of the bundle's scorer.onnx, or None for bundles exported without one."""
+        path = self.root / MANIFEST
+        entry = self.manifest["files"].get("scorer")
+        if entry is None:
+            return None
+        m = _Manifest(entry, path, "files.scorer")
+        return _inside(self.root, m.get("path", str), path), m.get("sha256", str)
 
     def verify_variants(self) -> list[str]:
         """Check every listed variant's checksum (files or directories); returns their names."""

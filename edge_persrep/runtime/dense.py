@@ -284,7 +284,7 @@ def window_sizes(grid_hw: tuple[int, int], fractions: tuple[float, ...] = REGION
 
 
 @functools.lru_cache(maxsize=16)
-def _windows(grid_hw: tuple[int, int], sizes: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+def window_matrix(grid_hw: tuple[int, int], sizes: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
     """Every window of every size slid with stride 1 over an [h, w] grid: a 0/1 membership matrix
     [N, h*w] (row n marks window n's cells) and the boxes [N, 4] (x0, y0, x1, y1, exclusive)."""
     h, w = grid_hw
@@ -310,7 +310,7 @@ def pooled_windows(grid: np.ndarray, sizes: list[tuple[int, int]]) -> tuple[np.n
     object features (`box_features`) are made, so the two compare.
     """
     h, w, c = grid.shape
-    membership, boxes = _windows((h, w), tuple(sizes))
+    membership, boxes = window_matrix((h, w), tuple(sizes))
     return l2_normalize(membership @ np.asarray(grid, dtype=np.float32).reshape(h * w, c)), boxes
 
 

@@ -67,6 +67,18 @@ class PrototypeStore:
                              f"store expects [K, {self.grid_dim}]")
         self.objects[prototype.name] = prototype
 
+    def scorer_inputs(self) -> dict[str, np.ndarray]:
+        """The store's tensors as the bundle's `scorer.onnx` takes them (export/scorer.py): every
+        object's references stacked in the store's order, with their owners as a one-hot matrix."""
+        objects = list(self.objects.values())
+        owner = np.repeat(np.arange(len(objects)), [len(p.embeddings) for p in objects])
+        return {"reference_embeddings": np.concatenate([p.embeddings for p in objects]).astype(np.float32),
+                "reference_box_features": np.concatenate([p.box_features for p in objects]).astype(np.float32),
+                "reference_targets": np.concatenate([p.targets for p in objects]).astype(np.float32),
+                "reference_object": np.eye(len(objects), dtype=np.float32)[owner],
+                "region_scoring": np.array([p.scoring == "region" for p in objects], np.float32),
+                "thresholds": np.array([p.threshold for p in objects], np.float32)}
+
     def to_bytes(self) -> bytes:
         tensors: dict[str, np.ndarray] = {}
         entries = []

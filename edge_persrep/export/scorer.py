@@ -1,0 +1,122 @@
+"""`scorer.onnx`: the runtime's per-object scoring as a small ONNX graph, for apps in any language.
+
+An app runs `model.onnx` on a photo, then this graph on the model's outputs and the store's tensors
+(docs/bundle-format.md), and gets the same numbers as the Python runtime's `Finder.classify`
+without re-implementing them: global, region and combined scores, `present`, the best window, and
+the similarity maps and window scores that detection and segmentation start from. The graph is
+built for one bundle's grid size (h x w: the windows are constants); the number of objects and
+references is dynamic.
+
+Inputs (M reference photos over all J objects, in the store's order):
+    embedding [N, D], patch_grid [N, h, w, C]       the model's outputs
+    reference_embeddings [M, D], reference_box_features [M, C], reference_targets [M, C]
+    reference_object [M, J]   1 where reference m belongs to object j, else 0
+    region_scoring [J]        1 for objects scored max(global, region), 0 for global only
+    thresholds [J]            each object's calibrated threshold
+Outputs:
+    global_score, region_score, score [N, J] (float32), present [N, J] (bool)
+    region_box [N, J, 4]      the best window, grid cells x0, y0, x1, y1 (exclusive), as float32
+    window_scores [N, W, J]   every window against each object (its best reference)
+    window_boxes [W, 4]       the windows, grid cells, as float32
+    similarity_map [N, J, h, w]  each patch against each object's targets (its best reference)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..runtime import dense
+
+SCORER_OPSET = 17
+NOT_MINE = -1.0e4  # added to a reference's cosine for the objects it does not belong to, before the max
+
+
+def scorer_model(grid_height: int, grid_width: int, embedding_dim: int, grid_dim: int):
+    """The scoring graph of a bundle whose patch grid is grid_height x grid_width x grid_dim."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    h, w, d, c = grid_height, grid_width, embedding_dim, grid_dim
+    membership, boxes = dense.window_matrix((h, w), tuple(dense.window_sizes((h, w))))
+    f32 = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("embedding", f32, ["N", d]),
+              helper.make_tensor_value_info("patch_grid", f32, ["N", h, w, c]),
+              helper.make_tensor_value_info("reference_embeddings", f32, ["M", d]),
+              helper.make_tensor_value_info("reference_box_features", f32, ["M", c]),
+              helper.make_tensor_value_info("reference_targets", f32, ["M", c]),
+              helper.make_tensor_value_info("reference_object", f32, ["M", "J"]),
+              helper.make_tensor_value_info("region_scoring", f32, ["J"]),
+              helper.make_tensor_value_info("thresholds", f32, ["J"])]
+    outputs = [helper.make_tensor_value_info("global_score", f32, ["N", "J"]),
+               helper.make_tensor_value_info("region_score", f32, ["N", "J"]),
+               helper.make_tensor_value_info("score", f32, ["N", "J"]),
+               helper.make_tensor_value_info("present", TensorProto.BOOL, ["N", "J"]),
+               helper.make_tensor_value_info("region_box", f32, ["N", "J", 4]),
+               helper.make_tensor_value_info("window_scores", f32, ["N", len(boxes), "J"]),
+               helper.make_tensor_value_info("window_boxes", f32, [len(boxes), 4]),
+               helper.make_tensor_value_info("similarity_map", f32, ["N", "J", h, w])]
+    constants = [numpy_helper.from_array(membership.astype(np.float32), "windows"),
+                 numpy_helper.from_array(boxes.astype(np.float32), "window_boxes_const"),
+                 numpy_helper.from_array(np.array([-1, h * w, c], np.int64), "flat_shape"),
+                 numpy_helper.from_array(np.array([0, 0, h, w], np.int64), "map_shape"),
+                 numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+                 numpy_helper.from_array(np.array(-NOT_MINE, np.float32), "big"),
+                 numpy_helper.from_array(np.array(1e-12, np.float32), "eps"),
+                 numpy_helper.from_array(np.array([-1], np.int64), "last_axis")]
+    node = helper.make_node
+    nodes = [
+        # a [M, J] penalty: 0 where the reference is the object's, NOT_MINE elsewhere
+        node("Sub", ["reference_object", "one"], ["not_mine"]),
+        node("Mul", ["not_mine", "big"], ["penalty"]),
+        # global: max over the object's references of embedding . reference embedding
+        node("Transpose", ["reference_embeddings"], ["ref_emb_t"], perm=[1, 0]),
+        node("MatMul", ["embedding", "ref_emb_t"], ["global_all"]),  # [N, M]
+        node("Unsqueeze", ["global_all", "last_axis"], ["global_all_1"]),  # [N, M, 1]
+        node("Add", ["global_all_1", "penalty"], ["global_masked"]),  # [N, M, J]
+        node("ReduceMax", ["global_masked"], ["global_score"], axes=[1], keepdims=0),
+        # region windows: mean of their patches, L2-normalised (the mean's scale cancels)
+        node("Reshape", ["patch_grid", "flat_shape"], ["grid_flat"]),  # [N, hw, C]
+        node("MatMul", ["windows", "grid_flat"], ["pooled"]),  # [N, W, C]
+        node("ReduceSumSquare", ["pooled"], ["pooled_sq"], axes=[-1], keepdims=1),
+        node("Sqrt", ["pooled_sq"], ["pooled_norm"]),
+        node("Max", ["pooled_norm", "eps"], ["pooled_norm_safe"]),
+        node("Div", ["pooled", "pooled_norm_safe"], ["windows_unit"]),
+        node("Transpose", ["reference_box_features"], ["ref_box_t"], perm=[1, 0]),
+        node("MatMul", ["windows_unit", "ref_box_t"], ["window_all"]),  # [N, W, M]
+        node("Unsqueeze", ["window_all", "last_axis"], ["window_all_1"]),  # [N, W, M, 1]
+        node("Add", ["window_all_1", "penalty"], ["window_masked"]),  # [N, W, M, J]
+        node("ReduceMax", ["window_masked"], ["window_scores"], axes=[2], keepdims=0),  # [N, W, J]
+        node("ReduceMax", ["window_scores"], ["region_score"], axes=[1], keepdims=0),
+        node("ArgMax", ["window_scores"], ["best_window"], axis=1, keepdims=0),  # [N, J], first on ties
+        node("Gather", ["window_boxes_const", "best_window"], ["region_box"], axis=0),
+        node("Identity", ["window_boxes_const"], ["window_boxes"]),
+        # combined: max(global, region) where region scoring applies, else global
+        node("Sub", ["region_score", "global_score"], ["gain"]),
+        node("Relu", ["gain"], ["gain_pos"]),
+        node("Mul", ["gain_pos", "region_scoring"], ["gain_used"]),
+        node("Add", ["global_score", "gain_used"], ["score"]),
+        node("GreaterOrEqual", ["score", "thresholds"], ["present"]),
+        # similarity maps: each patch against the object's targets
+        node("Transpose", ["reference_targets"], ["ref_tgt_t"], perm=[1, 0]),
+        node("MatMul", ["grid_flat", "ref_tgt_t"], ["patch_all"]),  # [N, hw, M]
+        node("Unsqueeze", ["patch_all", "last_axis"], ["patch_all_1"]),
+        node("Add", ["patch_all_1", "penalty"], ["patch_masked"]),  # [N, hw, M, J]
+        node("ReduceMax", ["patch_masked"], ["patch_best"], axes=[2], keepdims=0),  # [N, hw, J]
+        node("Transpose", ["patch_best"], ["patch_best_t"], perm=[0, 2, 1]),  # [N, J, hw]
+        node("Reshape", ["patch_best_t", "map_shape"], ["similarity_map"]),
+    ]
+    graph = helper.make_graph(nodes, "edge_persrep_scorer", inputs, outputs, constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SCORER_OPSET)],
+                              producer_name="edge-persrep")
+    model.ir_version = 8  # readable by onnxruntime >= 1.10, onnxruntime-web and ORT Mobile
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_scorer(path, layout) -> dict:
+    """Write the scoring graph for a bundle's FeatureLayout; returns its manifest entry."""
+    from ..runtime.files import atomic_write_bytes, sha256_file
+
+    model = scorer_model(layout.grid_height, layout.grid_width, layout.embedding_dim, layout.grid_dim)
+    atomic_write_bytes(path, model.SerializeToString())
+    return {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "opset": SCORER_OPSET}
