@@ -40,6 +40,13 @@ def thread_count(value: str) -> int:
     return n
 
 
+def positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value}: use a positive count")
+    return n
+
+
 def add_threads(p) -> None:
     p.add_argument("--threads", type=thread_count, default=0,
                    help="compute threads for torch and ONNX Runtime (default 0: one per core); fewer leaves "
@@ -208,13 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(without them, and with no other object enrolled, a warning)")
     p = sub.add_parser("find", help="look for the enrolled objects in photos (runtime only)")
     p.add_argument("bundle", type=bundle_dir, help=BUNDLE_HELP)
-    p.add_argument("images", nargs="+", help="photos, or folders of them")
+    p.add_argument("images", nargs="+", help="photos, folders of them, or videos (.mp4, .mov, .webm: video extra)")
     p.add_argument("--task", default="all", choices=["classify", "detect", "segment", "all"],
                    help="classify: score and present; detect: + box; segment: + mask; all (default): all of it")
     p.add_argument("--name", action="append", help="only these objects (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     p.add_argument("--overlays", type=Path, help="write box/mask overlays (and mask PNGs) here")
     p.add_argument("--variant", help="run a variant instead of the fp32 model: fp16, int8, ort")
+    p.add_argument("--every", type=positive_int, default=1, help="videos: answer every N-th frame (default 1)")
+    p.add_argument("--no-smoothing", action="store_true",
+                   help="videos: each frame's own decision (default: smoothed over frames, with hysteresis)")
     p = sub.add_parser("retrieve", help="rank a folder of photos by how strongly they show an object")
     p.add_argument("bundle", type=bundle_dir, help=BUNDLE_HELP)
     p.add_argument("gallery", nargs="+", help="the photos to rank, or folders of them")
@@ -377,13 +387,17 @@ def cmd_find(args) -> None:
     from PIL import Image
 
     from .runtime import Finder, ImageError, list_images, load_image
-    from .runtime.dense import mask_to_rle
     from .runtime.finder import overlay
+    from .runtime.video import is_video
 
     finder = Finder.open(args.bundle, variant=args.variant)
     if args.overlays:
         args.overlays.mkdir(parents=True, exist_ok=True)
-    paths = list_images(args.images)
+    videos = [Path(p) for p in args.images if Path(p).is_file() and is_video(p)]
+    for video in videos:
+        find_in_video(finder, video, args)
+    photos = [p for p in args.images if Path(p) not in videos]
+    paths = list_images(photos) if photos else []
     stems = overlay_stems(paths)
     unreadable = 0
     for path in paths:
@@ -404,14 +418,7 @@ def cmd_find(args) -> None:
                 mask_path = args.overlays / f"{stem}.mask.png"
                 Image.fromarray(m.mask.astype("uint8") * 255).save(mask_path)
                 overlay(photo, m, args.overlays / f"{stem}.overlay.jpg")
-            results.append({"name": m.name, "score": round(m.score, 4), "present": m.present,
-                            "threshold": round(finder.store.objects[m.name].threshold, 4),
-                            "global_score": round(m.global_score, 4), "region_score": round(m.region_score, 4),
-                            "region_box": list(m.region_box) if m.region_box is not None else None,
-                            "box": list(m.box) if (m.box is not None and m.present) else None,
-                            "box_score": None if m.box_score is None else round(m.box_score, 4),
-                            "mask": mask_to_rle(m.mask) if (m.mask is not None and m.present) else None,
-                            "mask_png": str(mask_path) if (mask_path and m.present) else None})
+            results.append(match_json(finder, m, mask_path))
         if args.json:
             print(json.dumps({"image": str(path), "results": results}), flush=True)
         else:
@@ -420,6 +427,55 @@ def cmd_find(args) -> None:
                 print(f"{path}\t{r['name']}\tscore={r['score']:.3f}\t{'PRESENT' if r['present'] else 'absent'}{where}")
     if unreadable:
         raise EdgePersrepError(f"{unreadable} photo(s) could not be read (listed above); the others were answered")
+
+
+def match_json(finder, m, mask_path: Path | None = None) -> dict:
+    """One object's answer as `find --json` prints it."""
+    from .runtime.dense import mask_to_rle
+
+    return {"name": m.name, "score": round(m.score, 4), "present": m.present,
+            "threshold": round(finder.store.objects[m.name].threshold, 4),
+            "global_score": round(m.global_score, 4), "region_score": round(m.region_score, 4),
+            "region_box": list(m.region_box) if m.region_box is not None else None,
+            "box": list(m.box) if (m.box is not None and m.present) else None,
+            "box_score": None if m.box_score is None else round(m.box_score, 4),
+            "mask": mask_to_rle(m.mask) if (m.mask is not None and m.present) else None,
+            "mask_png": str(mask_path) if (mask_path and m.present) else None}
+
+
+def find_in_video(finder, path: Path, args) -> None:
+    """`find` on a video: frames decoded one at a time, `present` smoothed (unless --no-smoothing);
+    one JSON line per frame with --json, else a line whenever an object appears or disappears;
+    with --overlays, an annotated copy of the video."""
+    from .runtime.finder import annotate
+    from .runtime.video import NO_SMOOTHING, Smoothing, VideoWriter, read_video, video_rate
+
+    rate = video_rate(path) / args.every
+    smoothing = NO_SMOOTHING if args.no_smoothing else Smoothing()
+    writer = VideoWriter(args.overlays / f"{path.stem}.annotated.mp4", rate) if args.overlays else None
+    shown: dict[str, bool] = {}
+    frames = 0
+    try:
+        for result in finder.stream(read_video(path, args.every), task=args.task, smoothing=smoothing, rate=rate):
+            frames += 1
+            matches = [m for m in result.matches if args.name is None or m.name in args.name]
+            if writer is not None:
+                writer.write(annotate(result.image, [m for m in matches if m.present]))
+            if args.json:
+                print(json.dumps({"video": str(path), "frame": result.index, "time": round(result.time, 3),
+                                  "results": [match_json(finder, m) for m in matches]}), flush=True)
+                continue
+            for m in matches:
+                if shown.get(m.name, False) != m.present:
+                    where = f" box={list(m.box)}" if m.box else ""
+                    print(f"{path}\t{result.time:8.2f}s\t{m.name}\t{'appears' if m.present else 'disappears'}"
+                          f"\tscore={m.score:.3f}{where}", flush=True)
+                    shown[m.name] = m.present
+    finally:
+        if writer is not None:
+            writer.close()
+    if not args.json:
+        print(f"{path}: {frames} frames answered" + (f", annotated video {writer.path}" if writer else ""))
 
 
 def overlay_stems(paths: list[Path]) -> dict[Path, str]:

@@ -19,7 +19,7 @@ import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -31,6 +31,8 @@ from .files import locked
 from .images import compose_grid, load_image, resize_to_input
 from .metrics import balanced_accuracy_by_cut
 from .store import SCORING_RULES, Prototype, PrototypeStore
+from .video import FrameResult, Smoothing
+from .video import stream as stream_frames
 
 PHOTO_SIDE = 384  # reference photos kept in the store are downscaled to this long side
 SCENE_GRIDS = (2, 3)  # enrolment calibrates on 2x2 and 3x3 scenes (one reference among negatives)
@@ -217,6 +219,13 @@ class Finder:
                        for m in matches]
         return matches
 
+    def stream(self, frames: Iterable, task: str = "all", smoothing: Smoothing | None = None,
+               rate: float = 30.0) -> Iterator[FrameResult]:
+        """Answer a video or camera stream frame by frame, with `present` smoothed over time (no
+        flicker) and boxes steadied: a generator of video.FrameResult. `frames`: PIL images, or
+        (index, time, image) from video.read_video. `smoothing=video.NO_SMOOTHING` gives raw decisions."""
+        return stream_frames(self, frames, task, smoothing or Smoothing(), rate)
+
     def retrieve(self, name: str, gallery: Sequence[ImageFeatures], top: int | None = None) -> list[tuple[int, float]]:
         """Rank gallery photos by how strongly they show `name`: [(index, score)], best first."""
         (p,) = self._objects([name])
@@ -354,25 +363,31 @@ TINTS = ((255, 40, 40), (40, 110, 255), (40, 220, 60))  # red, blue, green: the 
 def overlay(photo: Image.Image, match: Match, path: Path) -> Path:
     """Write the photo with the mask tinted (in a colour that stands out from the object), its
     outline, the box, and the object's name and score (for people to look at)."""
+    annotate(photo, [match]).save(path)
+    return path
+
+
+def annotate(photo: Image.Image, matches: Sequence[Match]) -> Image.Image:
+    """The photo with each match's mask tinted, outlined, boxed and labelled (overlays, video frames)."""
     from PIL import ImageDraw, ImageFont
 
     canvas = photo.convert("RGB").copy()
     line = max(2, canvas.width // 200)
-    if match.mask is not None and match.mask.any():
-        mean = np.asarray(canvas, dtype=np.float32)[match.mask].mean(axis=0)
-        tint = max(TINTS, key=lambda c: float(np.abs(np.asarray(c) - mean).sum()))
-        where = Image.fromarray(match.mask.astype(np.uint8) * 255)
-        canvas = Image.composite(Image.blend(canvas, Image.new("RGB", canvas.size, tint), 0.45), canvas, where)
-        edge = match.mask & ~dense.erode(match.mask)
-        canvas.paste(Image.new("RGB", canvas.size, tint), mask=Image.fromarray(edge.astype(np.uint8) * 255))
-    draw = ImageDraw.Draw(canvas)
-    if match.box is not None:
-        draw.rectangle(match.box, outline=(40, 255, 40), width=line)
-    x, y = (match.box[0], match.box[1]) if match.box is not None else (0, 0)
     font = ImageFont.load_default(size=max(12, canvas.width // 40))
-    label = f"{match.name} {match.score:.2f}" + ("" if match.present else " (absent)")
-    left, top, right, bottom = draw.textbbox((x + line, y + line), label, font=font)
-    draw.rectangle((left - line, top - line, right + line, bottom + line), fill=(0, 0, 0))
-    draw.text((x + line, y + line), label, fill=(255, 255, 255), font=font)
-    canvas.save(path)
-    return path
+    for match in matches:
+        if match.mask is not None and match.mask.any():
+            mean = np.asarray(canvas, dtype=np.float32)[match.mask].mean(axis=0)
+            tint = max(TINTS, key=lambda c: float(np.abs(np.asarray(c) - mean).sum()))
+            where = Image.fromarray(match.mask.astype(np.uint8) * 255)
+            canvas = Image.composite(Image.blend(canvas, Image.new("RGB", canvas.size, tint), 0.45), canvas, where)
+            edge = match.mask & ~dense.erode(match.mask)
+            canvas.paste(Image.new("RGB", canvas.size, tint), mask=Image.fromarray(edge.astype(np.uint8) * 255))
+        draw = ImageDraw.Draw(canvas)
+        if match.box is not None:
+            draw.rectangle(match.box, outline=(40, 255, 40), width=line)
+        x, y = (match.box[0], match.box[1]) if match.box is not None else (0, 0)
+        label = f"{match.name} {match.score:.2f}" + ("" if match.present else " (absent)")
+        left, top, right, bottom = draw.textbbox((x + line, y + line), label, font=font)
+        draw.rectangle((left - line, top - line, right + line, bottom + line), fill=(0, 0, 0))
+        draw.text((x + line, y + line), label, fill=(255, 255, 255), font=font)
+    return canvas
