@@ -275,3 +275,29 @@ def test_upgrade_that_fails_before_the_manifest_leaves_a_loadable_format1_bundle
     with pytest.raises(OSError):
         bundle_module.upgrade(bundle_copy)
     assert list(Finder.open(bundle_copy).store.objects) == ["obj0"]
+
+
+def test_tensorrt_caches_its_engines_and_computes_in_fp16_only_where_the_gate_allowed(bundle_copy, monkeypatch,
+                                                                                       tmp_path):
+    """No GPU here: the options each provider gets, and the bundle's say on fp16 (CPU runs it)."""
+    from edge_persrep.runtime.bundle import provider_options
+
+    monkeypatch.setenv("EDGE_PERSREP_TRT_CACHE", str(tmp_path / "trt"))
+    chosen = dict(provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+                                   fp16=True))
+    trt = chosen["TensorrtExecutionProvider"]
+    assert trt["trt_engine_cache_enable"] == "True" and trt["trt_engine_cache_path"] == str(tmp_path / "trt")
+    assert trt["trt_fp16_enable"] == "True" and chosen["CPUExecutionProvider"] == {}
+    ((_, fp32_options),) = provider_options(["TensorrtExecutionProvider"])
+    assert fp32_options["trt_fp16_enable"] == "False"
+
+    assert Bundle.load(bundle_copy).fp16_tolerated is False  # no fp16 variant
+    m = _manifest(bundle_copy)
+    m["variants"] = {"fp16": {"format": "onnx", "path": "model.onnx", "sha256": m["files"]["model"]["sha256"],
+                              "gate": {"passed": False}}}
+    _write(bundle_copy, m)
+    assert Bundle.load(bundle_copy).fp16_tolerated is False  # refused by the gate
+    m["variants"]["fp16"]["gate"]["passed"] = True
+    _write(bundle_copy, m)
+    bundle = Bundle.load(bundle_copy)
+    assert bundle.fp16_tolerated is True and bundle.provider == "CPUExecutionProvider"

@@ -95,12 +95,14 @@ def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: in
         rows.update(find_parts(finder, photos[0], repeats))
     report = {
         "backbone": backbone, "input_size": size, "repeats": repeats, "threads": threads or "default",
+        "provider": finder.bundle.provider,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "median_ms": {k: round(v, 3) for k, v in rows.items()},
         "ratios": {"torch_over_ort_b1": round(rows["torch_eager_b1"] / rows["ort_fp32_b1"], 2),
                    "find_all_over_session_run": round(rows["runtime_find_all_per_image"] / rows["ort_fp32_b1"], 2)},
     }
-    print(f"backbone {backbone}, input {size}px, median of {repeats} runs, threads {report['threads']}")
+    print(f"backbone {backbone}, input {size}px, median of {repeats} runs, threads {report['threads']}, "
+          f"provider {report['provider']}")
     print("| measurement | median ms |")
     print("|---|---|")
     for k, v in rows.items():

@@ -150,8 +150,19 @@ class Bundle:
     @property
     def session(self):
         if self._session is None:
-            self._session = make_session(self.model_path)
+            self._session = make_session(self.model_path, fp16=self.fp16_tolerated)
         return self._session
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs the model (the first of the session's)."""
+        return self.session.get_providers()[0]
+
+    @property
+    def fp16_tolerated(self) -> bool:
+        """The bundle's fp16 variant passed the export gate: GPU providers may compute in fp16."""
+        entry = (self.manifest.get("variants") or {}).get("fp16") or {}
+        return bool(isinstance(entry, dict) and (entry.get("gate") or {}).get("passed"))
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, S, S, 3] -> (embedding [N, D], patch_grid [N, h, w, C]). A model with a fixed
@@ -222,8 +233,30 @@ def available_providers(preferred: tuple[str, ...] = PREFERRED_PROVIDERS) -> lis
 SESSION_CONFIG = {"session.x64quantprecision": "1", "session.intra_op.allow_spinning": "0"}
 
 
+def trt_cache_dir() -> Path:
+    """Where TensorRT keeps the engines it builds (minutes on a Jetson the first time, then loaded):
+    $EDGE_PERSREP_TRT_CACHE, else ~/.cache/edge-persrep/tensorrt. TensorRT names each engine after
+    the model and the GPU, so one directory serves every bundle."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.environ.get("EDGE_PERSREP_TRT_CACHE") or os.path.join(base, "edge-persrep", "tensorrt"))
+
+
+def provider_options(providers: list[str], fp16: bool = False) -> list[tuple[str, dict[str, str]]]:
+    """Each execution provider with its options: TensorRT caches its engines (trt_cache_dir) and runs
+    in fp16 when `fp16` (the bundle's fp16 variant passed the export gate, so the model tolerates it);
+    the others run as they come."""
+    chosen = []
+    for name in providers:
+        options: dict[str, str] = {}
+        if name == "TensorrtExecutionProvider":
+            options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache_dir()),
+                       "trt_timing_cache_enable": "True", "trt_fp16_enable": "True" if fp16 else "False"}
+        chosen.append((name, options))
+    return chosen
+
+
 def make_session(model_path: Path, providers: list[str] | None = None, threads: int | None = None,
-                 config: dict[str, str] = SESSION_CONFIG):
+                 config: dict[str, str] = SESSION_CONFIG, fp16: bool = False):
     # onnxruntime >= 1.2x writes a device id and an event database under ~/.cache/Microsoft unless
     # told not to (found by tests/test_reliability.py); photos of people's homes deserve no telemetry.
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -239,7 +272,8 @@ def make_session(model_path: Path, providers: list[str] | None = None, threads: 
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(model_path), options, providers=providers or available_providers())
+        return ort.InferenceSession(str(model_path), options,
+                                    providers=provider_options(providers or available_providers(), fp16))
     except Exception as exc:  # onnxruntime raises its own unexported exception types
         raise BundleError(f"{model_path}: onnxruntime cannot load it ({exc}); re-export the bundle") from exc
 
