@@ -9,6 +9,9 @@ measures, at 512 px and fp16:
     several batch sizes (`Sampler`, CFG 5.0 as used);
   - DreamBooth seconds/step and peak GPU memory for LoRA (rank 16, gradient checkpointing) and full
     fine-tuning (`fine_tune`, prior preservation on: 1 instance + 1 class image per step);
+  - IP-Adapter sampling (`--synth ip-adapter`: no fine-tuning; a random adapter built for the
+    UNet, with a small image encoder where the real one is CLIP ViT-H: its once-per-batch encoding
+    is not timed at full size);
 and projects one object's job: 450 positives + 1,000 negatives, and 400 DreamBooth steps, against
 the goals (<= 10 min of sampling and <= 3 min of LoRA DreamBooth on one H100; LoRA <= 8 GB peak).
 Without a GPU use `--architecture tiny` (the default there): it times the tiny test pipeline only,
@@ -35,20 +38,28 @@ GOALS = {"sampling_min": 10.0, "lora_dreambooth_min": 3.0, "lora_peak_gb": 8.0}
 IMAGES_PER_OBJECT = 450 + 1000
 
 
-def time_sampling(sd, scheduler: str, steps: int, batch: int, repeats: int, device: str) -> float:
-    """Median seconds per image over `repeats` batches (after one warm-up batch)."""
+def time_sampling(sd, scheduler: str, steps: int, batch: int, repeats: int, device: str,
+                  ip_adapter: Path | None = None) -> float:
+    """Median seconds per image over `repeats` batches (after one warm-up batch); with `ip_adapter`
+    (a folder), each batch conditioned on a photo through it, as `--synth ip-adapter` samples."""
     import torch
+    from PIL import Image
 
+    from edge_persrep.server_side.synth.ip_adapter import IPAdapterConfig, load_into
     from edge_persrep.server_side.synth.sampling import Sampler, SamplingConfig
 
     sampler = Sampler(sd, SamplingConfig(scheduler=scheduler, steps=steps, batch_size=batch))
+    photo = None
+    if ip_adapter is not None:
+        load_into(sampler.pipe, IPAdapterConfig(source=str(ip_adapter)))
+        photo = Image.open(ROOT / "examples" / "images" / "dog" / "00.jpg").convert("RGB")
     prompts = ["a photo of sks dog on a beach"] * batch
     times = []
     for r in range(repeats + 1):
         if device == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        sampler(prompts, list(range(r * batch, (r + 1) * batch)))
+        sampler(prompts, list(range(r * batch, (r + 1) * batch)), photo)
         if device == "cuda":
             torch.cuda.synchronize()
         if r:
@@ -117,6 +128,18 @@ def main(argv=None) -> int:
         if pair in best:
             report[f"{IMAGES_PER_OBJECT} images ({label}, batch {best[pair][0]}): minutes"] = round(
                 IMAGES_PER_OBJECT * best[pair][1] / 60, 2)
+    if best:  # the finetuning-free generator: IP-Adapter (random weights, the UNet's real sizes), fastest setting
+        from edge_persrep.server_side.synth.ip_adapter import build_random_ip_adapter
+
+        pair, (batch, _) = min(best.items(), key=lambda item: item[1][1])
+        scheduler, steps = pair.split(":")
+        with tempfile.TemporaryDirectory() as tmp:
+            adapter = build_random_ip_adapter(Path(tmp) / "ipa", sd.unet)
+            per_image = time_sampling(sd, scheduler, int(steps), batch, args.repeats, args.device, adapter)
+        report[f"IP-Adapter sampling {scheduler} {steps} steps, batch {batch}: images/s"] = round(1 / per_image, 3)
+        report[f"IP-Adapter: 450 positives ({scheduler} {steps} steps), no fine-tuning: minutes"] = round(
+            450 * per_image / 60, 2)
+        print(f"IP-Adapter {pair} batch {batch}: {1 / per_image:.3f} images/s", flush=True)
     del sd
     if args.device == "cuda":
         torch.cuda.empty_cache()

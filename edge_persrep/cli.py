@@ -71,8 +71,9 @@ def _add_personalize(sub) -> None:
     p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors or state dict)")
     p.add_argument("--synth", default=DEFAULT_SYNTH,
                    help="augment | context (augment + the object pasted small onto the negatives; masks found "
-                        "when not given) | cutpaste | dreambooth | masked-dreambooth | combined (the last three "
-                        "run Stable Diffusion: a GPU machine, see --sd-model)")
+                        "when not given) | cutpaste | dreambooth | masked-dreambooth | combined | ip-adapter (the "
+                        "last four run Stable Diffusion: a GPU machine, see --sd-model; ip-adapter trains nothing, "
+                        "see --ip-adapter)")
     p.add_argument("--synth-data", type=Path, help="use a finished `edge-persrep synth` output instead of generating")
     p.add_argument("--negatives", type=Path, action="append", default=[],
                    help="folder of photos of other objects of the same category (repeatable; needed unless "
@@ -121,6 +122,10 @@ def _add_diffusion_options(p) -> None:
     g.add_argument("--min-similarity", type=float,
                    help="filter: keep a positive whose object crop has at least this mean cosine to the real "
                         "photos (default: paper's 0.6, 0.55 for animals; -1 keeps everything)")
+    g.add_argument("--ip-adapter", help="--synth ip-adapter: hub id or folder of the IP-Adapter (default "
+                                         "h94/IP-Adapter: models/ip-adapter_sd15.safetensors + models/image_encoder)")
+    g.add_argument("--ip-adapter-scale", type=float, help="--synth ip-adapter: how strongly the photo steers "
+                                                          "(default 0.6; 0 = the prompt alone)")
     g.add_argument("--filter-mode", choices=FILTER_MODES,
                    help="filter on the paper's object-crop score (global, default) or on patch quality (patch: "
                         "PatchDPO-style, the lower quartile of the object's patch matches; default threshold "
@@ -130,6 +135,7 @@ def _add_diffusion_options(p) -> None:
 def _diffusion_options(args, **resolved):
     """DiffusionOptions from the options the user gave (+ `resolved`: device, filter backbone)."""
     from .server_side.synth.dreambooth import DreamBoothConfig
+    from .server_side.synth.ip_adapter import IPAdapterConfig
     from .server_side.synth.personalized_generation import DiffusionOptions
     from .server_side.synth.sampling import SamplingConfig
 
@@ -140,6 +146,7 @@ def _diffusion_options(args, **resolved):
                                              seed="seed")),
         sampling=SamplingConfig(**_given(args, cfg="cfg", scheduler="scheduler", steps="sample_steps",
                                          batch_size="sample_batch")),
+        ip_adapter=IPAdapterConfig(**_given(args, source="ip_adapter", scale="ip_adapter_scale")),
         **_given(args, sd_model="sd_model", negatives="synth_negatives", backgrounds="scenes", prompts_file="prompts",
                  min_similarity="min_similarity", filter_mode="filter_mode"),
         **resolved)
@@ -156,8 +163,9 @@ def _add_synth(sub) -> None:
     p.add_argument("images", nargs="+", help="photos of the object, or a folder of them")
     p.add_argument("--category", required=True, help="the object's category, e.g. dog (prompts and negatives)")
     p.add_argument("--out", required=True, type=Path, help="data directory (resumable)")
-    p.add_argument("--method", default="dreambooth", choices=["dreambooth", "masked-dreambooth", "combined"],
-                   help="the generator (default dreambooth)")
+    p.add_argument("--method", default="dreambooth",
+                   choices=["dreambooth", "masked-dreambooth", "combined", "ip-adapter"],
+                   help="the generator (default dreambooth; ip-adapter: no fine-tuning, the photos as image prompts)")
     p.add_argument("--masks", type=Path, help="folder of object masks named like the photos")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="the filter's embedder")
     p.add_argument("--weights", type=Path, help="local weights for --backbone")
@@ -326,11 +334,13 @@ def cmd_synth(args) -> None:
 
 
 def cmd_make_test_sd(args) -> None:
-    from .server_side.synth.sd_models import build_random_sd
+    from .server_side.synth.ip_adapter import build_random_ip_adapter
+    from .server_side.synth.sd_models import build_random_sd, load_sd
 
     out = build_random_sd(args.out, args.architecture, args.seed)
-    print(f"random-weight {args.architecture} Stable Diffusion at {out} (it draws noise: for trying the pipeline "
-          "and for benchmarks, not for real data)")
+    adapter = build_random_ip_adapter(out / "ip-adapter", load_sd(out).unet, args.seed)
+    print(f"random-weight {args.architecture} Stable Diffusion at {out}, and an IP-Adapter for it at {adapter} "
+          "(they draw noise: for trying the pipeline and for benchmarks, not for real data)")
 
 
 def cmd_export(args) -> None:

@@ -430,3 +430,37 @@ def test_patch_quality_oracle_and_patch_mode(examples):
     assert report.kept == [p for p in candidates if report.patch_scores[score_key(p)] >= 0.5]
     with pytest.raises(EdgePersrepError, match="unknown filter mode"):
         filter_generated(embed, _photos(examples), None, candidates, 0.5, mode="patches")
+
+
+def test_ip_adapter_makes_positives_steered_by_the_photos_without_fine_tuning(tiny_sd, examples, tmp_path):
+    """--synth ip-adapter: no DreamBooth, each batch conditioned on a reference photo; the photo
+    must reach the images (scale 0, the prompt alone, gives other images from the same noise)."""
+    from edge_persrep.server_side.synth.ip_adapter import IPAdapterConfig, build_random_ip_adapter
+
+    adapter = build_random_ip_adapter(tmp_path / "ipa", sd_models.load_sd(tiny_sd).unet)
+    data = tmp_path / "data"
+    run_cli("--offline", "synth", examples / "dog", "--category", "dog", "--out", data, "--sd-model", tiny_sd,
+            "--method", "ip-adapter", "--ip-adapter", adapter, *TINY)
+    summary = json.loads((data / "synth.json").read_text())
+    assert summary["method"] == "ip-adapter" and "dreambooth" not in summary and not (data / "dreambooth").exists()
+    assert summary["ip_adapter"]["images"] == 6 and summary["ip_adapter"]["images_per_s"] > 0
+    assert summary["ip_adapter"]["scale"] == 0.6 and summary["generated_positives"] == 6
+    manifest = json.loads((data / "positives.json").read_text())["images"]
+    assert [e["reference_photo"] for e in manifest] == [0, 0, 0, 1, 1, 1]  # batches of 3, photos in turn
+    assert "sks" not in manifest[0]["prompt"] and "dog" in manifest[0]["prompt"]
+    assert len(summary["training_negatives"]) == 6
+
+    from edge_persrep.server_side.synth import SynthRequest, generate
+    from edge_persrep.server_side.synth.personalized_generation import DiffusionOptions
+    from edge_persrep.server_side.synth.sampling import SamplingConfig
+
+    def positives(scale, out):
+        options = DiffusionOptions(sd_model=str(tiny_sd), negatives=1, min_similarity=-1,
+                                   sampling=SamplingConfig(steps=2, batch_size=2),
+                                   ip_adapter=IPAdapterConfig(source=str(adapter), scale=scale))
+        result = generate("ip-adapter", SynthRequest(sorted((examples / "dog").iterdir()), "dog", out, count=2,
+                                                     diffusion=options))
+        return [np.asarray(Image.open(p), float) for p in result.positives]
+
+    steered, unsteered = positives(0.6, tmp_path / "a"), positives(0.0, tmp_path / "b")
+    assert all(np.abs(a - b).mean() > 1.0 for a, b in zip(steered, unsteered))

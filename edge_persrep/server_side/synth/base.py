@@ -45,7 +45,7 @@ class SynthResult:
     negatives: list[Path] = field(default_factory=list)  # generated negatives (DreamBooth methods)
 
 
-DIFFUSION_METHODS = ("dreambooth", "masked-dreambooth", "combined")  # they run Stable Diffusion
+DIFFUSION_METHODS = ("dreambooth", "masked-dreambooth", "combined", "ip-adapter")  # they run Stable Diffusion
 METHODS_NEEDING_MASKS = ("cutpaste", "masked-dreambooth", "combined")
 METHODS_FINDING_MASKS = ("context",)  # without --masks, `personalize` finds them (server_side.object_masks)
 

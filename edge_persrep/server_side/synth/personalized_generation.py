@@ -7,7 +7,10 @@ The method top to bottom (`generate`), every stage resumable and recorded in `sy
    same model, same prompt, so generating them twice would only cost time.
    For `combined`, also scene backgrounds without the object for Cut-and-Paste.
 2. DreamBooth (LoRA by default, or full), masked when masks are given (`masked-dreambooth`).
+   `ip-adapter` trains nothing: an IP-Adapter conditions the un-tuned model on the photos (ip_adapter.py).
 3. Tuned model, context prompts ("a photo of sks dog on a beach"): the positives (paper: 450).
+   `ip-adapter`: the class noun in the prompts ("a photo of dog on a beach"), each batch conditioned
+   on one reference photo in turn.
 4. Filter: keep positives whose object crop embeds close to the real photos.
 5. `combined` (the paper's best): add Cut-and-Paste positives on the generated backgrounds.
 
@@ -35,6 +38,8 @@ from . import cutpaste
 from .base import DIFFUSION_METHODS, METHODS_NEEDING_MASKS, SynthRequest, SynthResult, read_masks
 from .dreambooth import DreamBoothConfig, check_precision, class_prompt, fine_tune, load_tuned, weight_dtype
 from .filtering import default_threshold, filter_generated
+from .ip_adapter import IPAdapterConfig
+from .ip_adapter import load_into as load_ip_adapter
 from .prompts import background_prompts, bank, read_prompt_file
 from .sampling import Sampler, SamplingConfig, join_process_group, process_shard, sample_set, wait_for_everyone
 from .sd_models import DEFAULT_SD_MODEL, load_sd, resolve_sd_model
@@ -53,6 +58,7 @@ class DiffusionOptions:
     device: str = "cpu"
     filter_backbone: str = DEFAULT_BACKBONE
     filter_weights: Path | None = None
+    ip_adapter: IPAdapterConfig = field(default_factory=IPAdapterConfig)  # --synth ip-adapter
 
 
 def check_request(request: SynthRequest, method: str) -> tuple[Path, list[Image.Image], list[np.ndarray] | None]:
@@ -88,7 +94,8 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
     untuned = Sampler(sd, options.sampling)
 
     started = time.time()  # 1: negatives (and class images), backgrounds
-    negatives = sample_set(untuned, replace(request, count=max(options.negatives, db.class_images)), "negatives",
+    wanted = options.negatives if method == "ip-adapter" else max(options.negatives, db.class_images)  # + class images
+    negatives = sample_set(untuned, replace(request, count=wanted), "negatives",
                            lambda i: class_prompt(request.category), {**settings, "model": "untuned"}).positives
     backgrounds = []
     if method == "combined":
@@ -97,27 +104,29 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
                                  lambda i: scenes[i % len(scenes)], {**settings, "model": "untuned"}).positives
     timings["untuned_sampling_s"] = round(time.time() - started, 1)
 
-    started = time.time()  # 2: DreamBooth
-    tuned_dir = out / "dreambooth"
-    training_masks = masks if method in ("masked-dreambooth", "combined") else None
-    if rank == 0:
-        class_images = [load_image(p) for p in negatives[: db.class_images]] if db.prior_weight > 0 else []
-        db_summary = fine_tune(sd, photos, class_images, request.category, db, tuned_dir, device, training_masks)
-    wait_for_everyone()
-    if rank != 0:
-        load_tuned(sd, tuned_dir, db)
-        db_summary = json.loads((tuned_dir / "dreambooth.json").read_text())
-    timings["dreambooth_s"] = round(time.time() - started, 1)
-
-    started = time.time()  # 3: positives from the tuned model
-    subject = db.subject(request.category)
-    if options.prompts_file:
-        prompts = read_prompt_file(options.prompts_file, subject)
+    started = time.time()  # 2: DreamBooth (none for ip-adapter)
+    if method == "ip-adapter":
+        generated, db_summary = ip_adapter_positives(sd, photos, request, options, settings)
+        timings["ip_adapter_sampling_s"] = round(time.time() - started, 1)
     else:
-        prompts = bank(subject, request.category)
-    generated = sample_set(Sampler(sd, options.sampling), request, "positives", lambda i: prompts[i % len(prompts)],
-                           {**settings, "model": "dreambooth", "token": db.token}).positives
-    timings["tuned_sampling_s"] = round(time.time() - started, 1)
+        tuned_dir = out / "dreambooth"
+        training_masks = masks if method in ("masked-dreambooth", "combined") else None
+        if rank == 0:
+            class_images = [load_image(p) for p in negatives[: db.class_images]] if db.prior_weight > 0 else []
+            db_summary = fine_tune(sd, photos, class_images, request.category, db, tuned_dir, device, training_masks)
+        wait_for_everyone()
+        if rank != 0:
+            load_tuned(sd, tuned_dir, db)
+            db_summary = json.loads((tuned_dir / "dreambooth.json").read_text())
+        timings["dreambooth_s"] = round(time.time() - started, 1)
+
+        started = time.time()  # 3: positives from the tuned model
+        subject = db.subject(request.category)
+        prompts = read_prompt_file(options.prompts_file, subject) if options.prompts_file else bank(subject,
+                                                                                                    request.category)
+        generated = sample_set(Sampler(sd, options.sampling), request, "positives", lambda i: prompts[i % len(prompts)],
+                               {**settings, "model": "dreambooth", "token": db.token}).positives
+        timings["tuned_sampling_s"] = round(time.time() - started, 1)
     if rank != 0:  # process 0 finishes alone
         return SynthResult(generated, out / "positives.json", negatives[: options.negatives])
 
@@ -144,7 +153,8 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
         timings["cutpaste_s"] = round(time.time() - started, 1)
 
     summary = {"method": method, "category": request.category, "sd_model": str(options.sd_model),
-               "sd_folder": str(folder), "device": device, "dreambooth": db_summary,
+               "sd_folder": str(folder), "device": device,
+               ("ip_adapter" if method == "ip-adapter" else "dreambooth"): db_summary,
                "sampling": options.sampling.record(), "prompts": str(options.prompts_file or "built-in bank"),
                "generated_positives": len(generated), "filter": {"threshold": threshold, "kept": len(report.kept),
                                                                  "dropped": report.dropped,
@@ -157,6 +167,25 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
     print(f"synth {method}: {len(generated)} generated, {report.dropped} dropped by the filter "
           f"(threshold {threshold}), {len(positives)} positives, {options.negatives} negatives")
     return SynthResult(positives, out / "synth.json", negatives[: options.negatives])
+
+
+def ip_adapter_positives(sd, photos: list[Image.Image], request: SynthRequest, options: DiffusionOptions,
+                         settings: dict) -> tuple[list[Path], dict]:
+    """Positives without fine-tuning: the un-tuned model with an IP-Adapter, the class noun in the
+    prompt bank, each batch conditioned on one reference photo (in turn)."""
+    sampler = Sampler(sd, options.sampling)
+    load_ip_adapter(sampler.pipe, options.ip_adapter)
+    subject = request.category
+    prompts = read_prompt_file(options.prompts_file, subject) if options.prompts_file else bank(subject,
+                                                                                                request.category)
+    batch = options.sampling.batch_size
+    started = time.time()
+    generated = sample_set(sampler, request, "positives", lambda i: prompts[i % len(prompts)],
+                           {**settings, "model": "ip-adapter", **options.ip_adapter.record()},
+                           reference_for=lambda i: (i // batch) % len(photos), references=photos).positives
+    seconds = time.time() - started
+    return generated, {**options.ip_adapter.record(), "references": len(photos), "images": len(generated),
+                       "seconds": round(seconds, 1), "images_per_s": round(len(generated) / max(seconds, 1e-9), 3)}
 
 
 def read_synth_data(folder: Path, category: str) -> SynthResult:

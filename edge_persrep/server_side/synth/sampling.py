@@ -88,19 +88,23 @@ class Sampler:
                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         self.pipe.set_progress_bar_config(disable=True)
 
-    def __call__(self, prompts: list[str], seeds: list[int]):
+    def __call__(self, prompts: list[str], seeds: list[int], image=None):
+        """`image`: the reference photo an IP-Adapter loaded into the pipeline conditions the batch on."""
         import torch
 
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # device-independent noise
+        extra = {} if image is None else {"ip_adapter_image": image}
         with torch.inference_mode():
             return self.pipe(prompt=prompts, guidance_scale=self.config.cfg, num_inference_steps=self.config.steps,
-                             generator=generators, height=self.resolution, width=self.resolution).images
+                             generator=generators, height=self.resolution, width=self.resolution, **extra).images
 
 
 def sample_set(sampler: Sampler, request: SynthRequest, kind: str, prompt_for: Callable[[int], str],
-               settings: dict) -> SynthResult:
+               settings: dict, reference_for: Callable[[int], int] | None = None,
+               references: list | None = None) -> SynthResult:
     """Make `request.count` images of one kind (positives, negatives, backgrounds) into
-    `request.out_dir/kind/`, with the manifest `kind.json` recording each prompt, seed and CFG.
+    `request.out_dir/kind/`, with the manifest `kind.json` recording each prompt, seed and CFG (and,
+    with an IP-Adapter, which of `references` conditioned it: `reference_for(i)`, one per batch).
     Under torchrun or `accelerate launch --multi_gpu` each process makes its own shard and the last
     step joins them."""
     settings = {**settings, **sampler.config.record(), "resolution": sampler.resolution}
@@ -108,8 +112,10 @@ def sample_set(sampler: Sampler, request: SynthRequest, kind: str, prompt_for: C
     def make_batch(indices: list[int]):
         prompts = [prompt_for(i) for i in indices]
         seeds = [image_seed(f"{request.seed}:{kind}", i) for i in indices]  # each set its own noise
-        images = sampler(prompts, seeds)
-        return [(image, {"prompt": p, "generator_seed": s, "cfg": sampler.config.cfg})
+        reference = reference_for(indices[0]) if reference_for is not None else None
+        images = sampler(prompts, seeds, None if reference is None else references[reference])
+        extra = {} if reference is None else {"reference_photo": reference}
+        return [(image, {"prompt": p, "generator_seed": s, "cfg": sampler.config.cfg, **extra})
                 for image, p, s in zip(images, prompts, seeds)]
 
     rank, world = process_shard()
