@@ -122,6 +122,11 @@ def _add_diffusion_options(p) -> None:
     g.add_argument("--min-similarity", type=float,
                    help="filter: keep a positive whose object crop has at least this mean cosine to the real "
                         "photos (default: paper's 0.6, 0.55 for animals; -1 keeps everything)")
+    g.add_argument("--refine", choices=["none", "patchdpo"],
+                   help="after LoRA DreamBooth: patchdpo continues it with a loss weighted by each generated "
+                        "patch's quality against the photos (PatchDPO; default none)")
+    g.add_argument("--refine-steps", type=int, help="--refine patchdpo: training steps (default 100)")
+    g.add_argument("--refine-samples", type=int, help="--refine patchdpo: generated images it learns from (default 32)")
     g.add_argument("--ip-adapter", help="--synth ip-adapter: hub id or folder of the IP-Adapter (default "
                                          "h94/IP-Adapter: models/ip-adapter_sd15.safetensors + models/image_encoder)")
     g.add_argument("--ip-adapter-scale", type=float, help="--synth ip-adapter: how strongly the photo steers "
@@ -136,6 +141,7 @@ def _diffusion_options(args, **resolved):
     """DiffusionOptions from the options the user gave (+ `resolved`: device, filter backbone)."""
     from .server_side.synth.dreambooth import DreamBoothConfig
     from .server_side.synth.ip_adapter import IPAdapterConfig
+    from .server_side.synth.patchdpo import PatchDPOConfig
     from .server_side.synth.personalized_generation import DiffusionOptions
     from .server_side.synth.sampling import SamplingConfig
 
@@ -147,8 +153,9 @@ def _diffusion_options(args, **resolved):
         sampling=SamplingConfig(**_given(args, cfg="cfg", scheduler="scheduler", steps="sample_steps",
                                          batch_size="sample_batch")),
         ip_adapter=IPAdapterConfig(**_given(args, source="ip_adapter", scale="ip_adapter_scale")),
+        patchdpo=PatchDPOConfig(**_given(args, steps="refine_steps", samples="refine_samples")),
         **_given(args, sd_model="sd_model", negatives="synth_negatives", backgrounds="scenes", prompts_file="prompts",
-                 min_similarity="min_similarity", filter_mode="filter_mode"),
+                 min_similarity="min_similarity", filter_mode="filter_mode", refine="refine"),
         **resolved)
 
 

@@ -464,3 +464,102 @@ def test_ip_adapter_makes_positives_steered_by_the_photos_without_fine_tuning(ti
 
     steered, unsteered = positives(0.6, tmp_path / "a"), positives(0.0, tmp_path / "b")
     assert all(np.abs(a - b).mean() > 1.0 for a, b in zip(steered, unsteered))
+
+
+# --- PatchDPO-style refinement (--refine patchdpo) ------------------------------------------------
+
+def test_patch_weighted_loss_and_weights_by_hand():
+    from edge_persrep.server_side.synth.patchdpo import normalise, patch_weighted_loss
+
+    pred = torch.zeros(2, 4, 2, 2, requires_grad=True)
+    target = torch.ones(2, 4, 2, 2)
+    weights = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.5, 0.5], [0.0, 1.0]]]])
+    loss, parts = patch_weighted_loss(pred, target, weights)
+    assert loss.item() == pytest.approx((1 + 0.5 + 0.5 + 1) * 4 / 32)  # mean of weight x squared error
+    assert parts["photos"] == pytest.approx(4 / 16) and parts["samples"] == pytest.approx(2 * 4 / 16)
+    loss.backward()
+    assert (pred.grad[0, :, 0, 1] == 0).all() and (pred.grad[0, :, 0, 0] != 0).all()  # weight 0: no pull
+    (w,) = normalise([np.array([[np.nan, 0.2], [0.6, 1.0]], np.float32)], low=0, high=100)
+    np.testing.assert_allclose(w, [[1.0, 0.0], [0.5, 1.0]])  # off the object: 1; 0.2..1.0 -> 0..1
+
+
+@pytest.fixture(scope="module")
+def tuned_lora(tiny_sd, examples, tmp_path_factory):
+    config = dreambooth.DreamBoothConfig(steps=2, class_images=0, prior_weight=0.0, checkpoint_every=2)
+    out = tmp_path_factory.mktemp("db") / "dreambooth"
+    dreambooth.fine_tune(sd_models.load_sd(tiny_sd), _photos(examples), [], "dog", config, out)
+    return out, config
+
+
+def _refine(tiny_sd, examples, tuned_lora, out, steps=4):
+    from edge_persrep.server_side.backbones import create_backbone
+    from edge_persrep.server_side.embedder import Embedder
+    from edge_persrep.server_side.synth import patchdpo
+
+    tuned_dir, db = tuned_lora
+    sd = sd_models.load_sd(tiny_sd)
+    dreambooth.load_tuned(sd, tuned_dir, db)
+    samples = list_images([examples / "dog_heldout", examples / "heldout_others"])  # stand-ins for generations
+
+    def sample(folder, count):
+        return samples[:count], ["a photo of sks dog"] * count
+
+    summary = patchdpo.refine(sd, _photos(examples), None, "dog", db, patchdpo.PatchDPOConfig(samples=4, steps=steps),
+                              tuned_dir, out, "cpu", sample, Embedder(create_backbone("efficientnet_lite0")))
+    return sd, summary
+
+
+def test_patchdpo_refines_the_lora_with_the_weighted_loss_and_resumes(tiny_sd, examples, tuned_lora, tmp_path,
+                                                                      monkeypatch):
+    from edge_persrep.server_side.synth import patchdpo
+
+    tuned = sd_models.load_sd(tiny_sd)
+    dreambooth.load_tuned(tuned, *tuned_lora)
+    before = {n: p.clone() for n, p in tuned.unet.named_parameters() if "lora" in n}
+    whole, summary = _refine(tiny_sd, examples, tuned_lora, tmp_path / "whole")
+    after = {n: p for n, p in whole.unet.named_parameters() if "lora" in n}
+    assert after.keys() == before.keys() and any(not torch.equal(after[n], before[n]) for n in before)
+    assert summary["samples"] == 4 and summary["steps_run"] == 4 and (tmp_path / "whole" / "patchdpo.json").is_file()
+    assert 0.0 < summary["mean_photo_weight"] < 1.0
+    losses = json.loads((tmp_path / "whole" / "loss.json").read_text())["loss"]
+    assert any(row[1] > 0 for row in losses)  # the photos are learned where the samples fall short
+
+    class Killed(Exception):
+        pass
+
+    original, calls = patchdpo.patch_weighted_loss, []
+
+    def dying(*args):
+        calls.append(1)
+        if len(calls) == 3:  # during step 3, after the step-2 checkpoint
+            raise Killed()
+        return original(*args)
+
+    monkeypatch.setattr(patchdpo, "patch_weighted_loss", dying)
+    with pytest.raises(Killed):
+        _refine(tiny_sd, examples, tuned_lora, tmp_path / "interrupted")
+    monkeypatch.setattr(patchdpo, "patch_weighted_loss", original)
+    resumed, summary = _refine(tiny_sd, examples, tuned_lora, tmp_path / "interrupted")
+    assert summary["steps_run"] == 2
+    assert all(torch.equal(p, after[n]) for n, p in resumed.unet.named_parameters() if "lora" in n)
+
+    # the weights reach the loss: with no object found in any sample, every sample cell weighs 1
+    # and the photos 0, so the photos' part of the loss is exactly 0
+    monkeypatch.setattr(patchdpo, "quality_map", lambda features, real, mask: np.full(features.grid.shape[:2], np.nan))
+    _refine(tiny_sd, examples, tuned_lora, tmp_path / "no-object", steps=2)
+    losses = json.loads((tmp_path / "no-object" / "loss.json").read_text())["loss"]
+    assert all(row[1] == 0.0 and row[2] > 0 for row in losses)
+
+
+def test_refine_patchdpo_from_the_cli(tiny_sd, examples, tmp_path):
+    data = tmp_path / "data"
+    run_cli("--offline", "synth", examples / "dog", "--category", "dog", "--out", data, "--sd-model", tiny_sd, *TINY,
+            "--refine", "patchdpo", "--refine-steps", "2", "--refine-samples", "3")
+    summary = json.loads((data / "synth.json").read_text())["dreambooth"]["patchdpo"]
+    assert summary["samples"] == 3 and summary["steps_run"] == 2
+    assert len(json.loads((data / "patchdpo" / "samples.json").read_text())["images"]) == 3
+    refined = (data / "patchdpo" / "pytorch_lora_weights.safetensors").read_bytes()
+    assert refined != (data / "dreambooth" / "pytorch_lora_weights.safetensors").read_bytes()
+    refused = run_cli("synth", examples / "dog", "--category", "dog", "--out", tmp_path / "x", "--sd-model", tiny_sd,
+                      "--method", "ip-adapter", "--refine", "patchdpo", check=False)
+    assert refused.returncode == 2 and "refines a LoRA DreamBooth" in refused.stderr

@@ -241,6 +241,7 @@ class _TrainingData:
         prompts = [config.instance_prompt(category), class_prompt(category)]
         self.ids = sd.tokenize(prompts)  # rows 0 and 1: what each instance / class image is conditioned on
         self.prompt_states = sd.encode_prompts(prompts).float().cpu()  # used as is when the text encoder is frozen
+        self.batch_size, self.prior_weight = config.batch_size, config.prior_weight
 
     def draw(self, rng: random.Random, batch: int):
         """A step's latents (batch photos or mirror images, then batch class images), the prompt row
@@ -254,12 +255,24 @@ class _TrainingData:
         rows = [0] * batch + ([1] * batch if self.prior is not None else [])
         return torch.cat(latents), rows, self.masks[chosen] if self.masks is not None else None
 
+    @staticmethod
+    def noise(latents, train_timesteps: int):
+        """Each row its own noise and timestep."""
+        import torch
+
+        return torch.randn_like(latents), torch.randint(0, train_timesteps, (len(latents),))
+
+    def loss(self, pred, target, masks):
+        return dreambooth_loss(pred, target, self.batch_size, masks, self.prior_weight)
+
 
 class _Trainer:
     """The training state of one DreamBooth run: trainable modules (LoRA or full), optimizer,
     mixed precision, gradient checkpointing and the checkpoints a killed run resumes from."""
 
-    def __init__(self, sd: StableDiffusion, config: DreamBoothConfig, device: str, out_dir: Path):
+    def __init__(self, sd: StableDiffusion, config: DreamBoothConfig, device: str, out_dir: Path,
+                 add_adapters: bool = True):
+        """`add_adapters=False`: train the LoRA already in `sd` (its parameters marked trainable)."""
         import torch
         from diffusers import DDPMScheduler
 
@@ -271,7 +284,7 @@ class _Trainer:
         self.rng = random.Random(config.seed)
         self.noise_scheduler = DDPMScheduler.from_config(sd.scheduler_config)
         self.base_dtypes = (sd.unet.dtype, sd.text_encoder.dtype)
-        if config.mode == "lora":
+        if config.mode == "lora" and add_adapters:
             _add_lora(sd, config)
         self.modules = _trainable(sd, config)
         self.params = [p for p in self.modules.parameters() if p.requires_grad]
@@ -292,7 +305,7 @@ class _Trainer:
         self.checkpoints = Checkpoints(out_dir, config)
         self.out_dir = out_dir
 
-    def run(self, data: _TrainingData) -> tuple[int, list, float]:
+    def run(self, data) -> tuple[int, list, float]:
         """All remaining steps; returns (the step it resumed from, every step's losses, seconds)."""
         config = self.config
         first_step, losses = self.checkpoints.restore(self.modules, self.optimizer, self.rng, self.scaler)
@@ -304,14 +317,14 @@ class _Trainer:
                 self.checkpoints.save(step + 1, losses, self.modules, self.optimizer, self.rng, self.scaler)
         return first_step, losses, time.time() - started
 
-    def step(self, data: _TrainingData) -> list[float]:
-        """One optimizer step: noise the drawn latents, predict the noise, take the DreamBooth loss."""
+    def step(self, data) -> list[float]:
+        """One optimizer step: noise the drawn latents, predict the noise, take the data's loss (the
+        DreamBooth loss; patchdpo.PatchPairs: the patch-weighted one)."""
         import torch
 
         sd, config, dev, scheduler = self.sd, self.config, self.dev, self.noise_scheduler
         latents, rows, masks = data.draw(self.rng, config.batch_size)
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))
+        noise, t = data.noise(latents, scheduler.config.num_train_timesteps)
         noisy = scheduler.add_noise(latents, noise, t)
         target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
         with self.autocast:
@@ -320,15 +333,14 @@ class _Trainer:
             else:
                 states = data.prompt_states[rows].to(dev, self.dtype)
             pred = sd.unet(noisy.to(dev, self.dtype), t.to(dev), states).sample
-        loss, parts = dreambooth_loss(pred, target.to(dev), config.batch_size,
-                                      masks.to(dev) if masks is not None else None, config.prior_weight)
+        loss, parts = data.loss(pred, target.to(dev), masks.to(dev) if masks is not None else None)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return [round(loss.item(), 6), round(parts["instance"], 6), round(parts["prior"], 6)]
+        return [round(loss.item(), 6)] + [round(v, 6) for v in parts.values()]
 
     def finish(self) -> None:
         """Back to inference (frozen, the sampling precision) with the result saved and the

@@ -75,13 +75,21 @@ def locate_object(features: ImageFeatures, real: RealObject) -> tuple[np.ndarray
     return dense.localize(dense.similarity_map(features.grid, real.targets), features.width, features.height)
 
 
+def quality_map(features: ImageFeatures, real: RealObject, mask: np.ndarray) -> np.ndarray:
+    """The patch grid [h, w] of a generated image: on the cells the located object (`mask`, from
+    locate_object) half covers, each patch's best cosine to the real object's patches; NaN elsewhere."""
+    qualities = np.full(features.grid.shape[:2], np.nan, np.float32)
+    if mask.any():
+        cells = dense.mask_to_grid(mask, features.grid.shape[:2])
+        qualities[cells] = (features.grid[cells] @ real.patches.T).max(axis=1)
+    return qualities
+
+
 def patch_qualities(features: ImageFeatures, real: RealObject, mask: np.ndarray) -> np.ndarray:
-    """Each patch of the object located in a generated image (`mask`, from locate_object): its best
-    cosine to the real object's patches (empty if nothing is located)."""
-    if not mask.any():
-        return np.zeros(0, np.float32)
-    cells = dense.mask_to_grid(mask, features.grid.shape[:2])  # the cells the located object half covers
-    return (features.grid[cells] @ real.patches.T).max(axis=1)
+    """Each patch of the object located in a generated image: its best cosine to the real object's
+    patches (empty if nothing is located)."""
+    qualities = quality_map(features, real, mask)
+    return qualities[~np.isnan(qualities)]
 
 
 def patch_score(qualities: np.ndarray, quantile: float = PATCH_QUANTILE) -> float:

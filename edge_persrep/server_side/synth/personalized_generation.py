@@ -8,6 +8,7 @@ The method top to bottom (`generate`), every stage resumable and recorded in `sy
    For `combined`, also scene backgrounds without the object for Cut-and-Paste.
 2. DreamBooth (LoRA by default, or full), masked when masks are given (`masked-dreambooth`).
    `ip-adapter` trains nothing: an IP-Adapter conditions the un-tuned model on the photos (ip_adapter.py).
+   `--refine patchdpo` then continues the LoRA with a patch-quality-weighted loss (patchdpo.py).
 3. Tuned model, context prompts ("a photo of sks dog on a beach"): the positives (paper: 450).
    `ip-adapter`: the class noun in the prompts ("a photo of dog on a beach"), each batch conditioned
    on one reference photo in turn.
@@ -40,6 +41,7 @@ from .dreambooth import DreamBoothConfig, check_precision, class_prompt, fine_tu
 from .filtering import default_threshold, filter_generated
 from .ip_adapter import IPAdapterConfig
 from .ip_adapter import load_into as load_ip_adapter
+from .patchdpo import REFINE_METHODS, PatchDPOConfig, refine
 from .prompts import background_prompts, bank, read_prompt_file
 from .sampling import Sampler, SamplingConfig, join_process_group, process_shard, sample_set, wait_for_everyone
 from .sd_models import DEFAULT_SD_MODEL, load_sd, resolve_sd_model
@@ -59,6 +61,8 @@ class DiffusionOptions:
     filter_backbone: str = DEFAULT_BACKBONE
     filter_weights: Path | None = None
     ip_adapter: IPAdapterConfig = field(default_factory=IPAdapterConfig)  # --synth ip-adapter
+    refine: str = "none"  # REFINE_METHODS: "patchdpo" refines the DreamBooth LoRA (patchdpo.py)
+    patchdpo: PatchDPOConfig = field(default_factory=PatchDPOConfig)
 
 
 def check_request(request: SynthRequest, method: str) -> tuple[Path, list[Image.Image], list[np.ndarray] | None]:
@@ -78,6 +82,11 @@ def check_request(request: SynthRequest, method: str) -> tuple[Path, list[Image.
         read_prompt_file(options.prompts_file, options.dreambooth.subject(request.category))
     if request.count < 1 or options.negatives < 1:
         raise EdgePersrepError("ask for at least 1 positive and 1 negative")
+    if options.refine not in REFINE_METHODS:
+        raise EdgePersrepError(f"--refine {options.refine}: use {' or '.join(REFINE_METHODS)}")
+    if options.refine != "none" and (method == "ip-adapter" or options.dreambooth.mode != "lora"):
+        raise EdgePersrepError(f"--refine {options.refine} refines a LoRA DreamBooth: use it with --synth dreambooth, "
+                               "masked-dreambooth or combined and --dreambooth lora")
     return resolve_sd_model(options.sd_model), photos, masks
 
 
@@ -119,11 +128,29 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
             load_tuned(sd, tuned_dir, db)
             db_summary = json.loads((tuned_dir / "dreambooth.json").read_text())
         timings["dreambooth_s"] = round(time.time() - started, 1)
-
-        started = time.time()  # 3: positives from the tuned model
         subject = db.subject(request.category)
         prompts = read_prompt_file(options.prompts_file, subject) if options.prompts_file else bank(subject,
                                                                                                     request.category)
+        if options.refine == "patchdpo":
+            started = time.time()
+            refined_dir = out / "patchdpo"
+            if rank == 0:
+                def sample(folder: Path, count: int):
+                    made = sample_set(Sampler(sd, options.sampling), replace(request, out_dir=folder, count=count),
+                                      "samples", lambda i: prompts[i % len(prompts)],
+                                      {**settings, "model": "dreambooth", "token": db.token}).positives
+                    return made, [prompts[i % len(prompts)] for i in range(count)]
+
+                db_summary = {**db_summary, "patchdpo": refine(
+                    sd, photos, masks, request.category, db, options.patchdpo, tuned_dir, refined_dir, device, sample,
+                    filter_embedder(options))}
+            wait_for_everyone()
+            if rank != 0:
+                sd.unet.delete_adapters("default")
+                load_tuned(sd, refined_dir, db)
+            timings["patchdpo_s"] = round(time.time() - started, 1)
+
+        started = time.time()  # 3: positives from the (refined) tuned model
         generated = sample_set(Sampler(sd, options.sampling), request, "positives", lambda i: prompts[i % len(prompts)],
                                {**settings, "model": "dreambooth", "token": db.token}).positives
         timings["tuned_sampling_s"] = round(time.time() - started, 1)
@@ -131,13 +158,10 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
         return SynthResult(generated, out / "positives.json", negatives[: options.negatives])
 
     started = time.time()  # 4: filter
-    from ..backbones import create_backbone
-
     threshold = (default_threshold(request.category, options.filter_mode) if options.min_similarity is None
                  else options.min_similarity)
-    filter_model = create_backbone(options.filter_backbone, pretrained=True, weights=options.filter_weights)
-    embedder = Embedder(filter_model, device)
-    report = filter_generated(embedder, photos, masks, generated, threshold, out / "filter.json", options.filter_mode)
+    report = filter_generated(filter_embedder(options), photos, masks, generated, threshold, out / "filter.json",
+                              options.filter_mode)
     if not report.kept:
         best = max(report.chosen.values())
         raise EdgePersrepError(f"{out}: all {len(generated)} generated positives were filtered out (best "
@@ -167,6 +191,14 @@ def generate(request: SynthRequest, method: str) -> SynthResult:
     print(f"synth {method}: {len(generated)} generated, {report.dropped} dropped by the filter "
           f"(threshold {threshold}), {len(positives)} positives, {options.negatives} negatives")
     return SynthResult(positives, out / "synth.json", negatives[: options.negatives])
+
+
+def filter_embedder(options: DiffusionOptions) -> Embedder:
+    """The pretrained backbone the filter (and PatchDPO's patch quality) measures generated images with."""
+    from ..backbones import create_backbone
+
+    return Embedder(create_backbone(options.filter_backbone, pretrained=True, weights=options.filter_weights),
+                    options.device)
 
 
 def ip_adapter_positives(sd, photos: list[Image.Image], request: SynthRequest, options: DiffusionOptions,
