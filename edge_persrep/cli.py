@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", help="comma-separated subset of objects")
     p.add_argument("--quick", action="store_true", help="40 training steps per object instead of the preset's")
     p.add_argument("--steps", type=int, help="training steps per object (overrides --quick)")
+    p.add_argument("--baseline", action="append", default=[], choices=["pdm"],
+                   help="also score a training-free baseline: pdm (PDM, diffusion-feature matching; needs --sd-model)")
     _add_diffusion_options(p)
     p = sub.add_parser("make-dataset", help="write the procedural instance-level dataset")
     p.add_argument("kind", choices=["procedural"], help="procedural: rendered objects with look-alike twins")
@@ -600,9 +602,13 @@ def cmd_eval(args) -> None:
     diffusion = None
     if set(methods) & set(DIFFUSION_METHODS):
         diffusion = _diffusion_options(args, device=resolve_device("auto"))
-    report = evaluate(evalset, args.backbone, methods, args.out, steps=steps, only=only, diffusion=diffusion)
+    report = evaluate(evalset, args.backbone, methods, args.out, steps=steps, only=only, diffusion=diffusion,
+                      baselines=tuple(args.baseline), sd_model=args.sd_model)
     page = write_report(report, args.out)
     print(json.dumps(report["summary"], indent=1))
+    for name, note in report["baselines"].items():
+        if note["random_weights"]:
+            print(f"note: {name} ran on {note['sd_model']}, a random-weight test model: its numbers mean nothing")
     print(f"report: {page}")
 
 

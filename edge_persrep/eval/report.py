@@ -69,6 +69,11 @@ def write_report(report: dict, out: Path) -> Path:
              f"{', steps ' + str(report['steps']) if report['steps'] else ''}. Colours: "
              + ", ".join(f"<b style='color:{COLOURS[i % len(COLOURS)]}'>{m}</b>" for i, m in enumerate(models))
              + "</p>",
+             *[f"<p><b>{html.escape(name)}</b>: zero-shot diffusion-feature matching with "
+               f"{html.escape(note['sd_model'])}"
+               + (" &mdash; <b style='color:#c00'>a RANDOM-WEIGHT test model: its numbers mean nothing</b>"
+                  if note.get("random_weights") else "") + ".</p>"
+               for name, note in report.get("baselines", {}).items()],
              "<h2>Mean over objects and splits</h2>", _bars(summary, models)]
     for split in ["all"] + report["splits"]:
         parts.append(f"<h3>split: {html.escape(split)}</h3><table><tr><th>metric</th>"

@@ -119,7 +119,8 @@ def _negatives_dir(evalset: EvalSet, obj: EvalObject, work: Path) -> Path:
                             for o in evalset.negatives_for(obj)})
 
 
-def _masks(obj: EvalObject) -> list[np.ndarray] | None:
+def training_masks(obj: EvalObject) -> list[np.ndarray] | None:
+    """The object's training-photo masks (bool, photo-sized), if the dataset has them."""
     if obj.train_masks is None:
         return None
     return [np.asarray(Image.open(obj.train_masks / f"{p.stem}.png").convert("L")) >= 128 for p in obj.train]
@@ -129,7 +130,7 @@ def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gall
     layout = finder.bundle.layout
     store = PrototypeStore(finder.bundle.model_sha256, layout.embedding_dim, layout.grid_dim)
     finder.store = store
-    store.add(finder.make_prototype(obj.name, obj.train, obj.category, masks=_masks(obj)))
+    store.add(finder.make_prototype(obj.name, obj.train, obj.category, masks=training_masks(obj)))
     proto = store.objects[obj.name]
     results = {}
     shown = evalset.shown_to(obj)
@@ -182,11 +183,13 @@ def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gall
 
 
 def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, steps: int | None = None,
-             preset: str = DEFAULT_PRESET, seed: int = 0, only: list[str] | None = None, diffusion=None) -> dict:
+             preset: str = DEFAULT_PRESET, seed: int = 0, only: list[str] | None = None, diffusion=None,
+             baselines: tuple[str, ...] = (), sd_model: str | None = None) -> dict:
     """`only`: evaluate these objects (all by default); the others stay in the gallery and among the
     negatives (identity-disjoint sets: as EvalSet.seen allows). `diffusion` (DiffusionOptions)
     configures the Stable Diffusion methods, which run on the GPU when there is one (the others on
-    the CPU, for reproducible figures)."""
+    the CPU, for reproducible figures). `baselines`: "pdm" (eval/pdm.py, zero-shot matching with
+    the diffusion features of `sd_model`), scored beside the backbones on the same protocol."""
     from ..pipeline import PersonalizeRequest, export_pretrained, personalize
     from ..server_side.synth import DIFFUSION_METHODS, METHODS_NEEDING_MASKS
 
@@ -205,6 +208,20 @@ def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, ste
     chosen = [o for o in evalset.objects if only is None or o.name in only]
     results["pretrained"] = score_bundle(pretrained_dir, evalset, chosen, examples["pretrained"])
     timings["eval_pretrained_s"] = round(time.time() - started, 1)
+    notes = {}
+    for baseline in baselines:
+        if baseline != "pdm":
+            raise EdgePersrepError(f"unknown baseline '{baseline}': use pdm")
+        if not sd_model:
+            raise EdgePersrepError("--baseline pdm needs --sd-model (a Stable Diffusion hub id or folder)")
+        from .pdm import evaluate_pdm
+
+        started = time.time()
+        device = "cuda" if diffusion is not None and getattr(diffusion, "device", "cpu") == "cuda" else "cpu"
+        pdm = evaluate_pdm(evalset, chosen, sd_model, work / "pdm", device=device)
+        results["pdm"], examples["pdm"] = pdm.pop("results"), []
+        notes["pdm"] = pdm
+        timings["eval_pdm_s"] = round(time.time() - started, 1)
     for method in methods:
         results[method], examples[method] = {}, []
         for obj in chosen:
@@ -222,7 +239,8 @@ def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, ste
             timings[f"eval_{method}_{obj.name}_s"] = round(time.time() - started, 1)
     return {"layout": evalset.layout, "backbone": backbone, "methods": methods, "preset": preset, "steps": steps,
             "objects": [o.name for o in chosen], "splits": sorted({t.split for t in evalset.tests}),
-            "results": results, "summary": summarize(results), "timings": timings, "examples": examples}
+            "results": results, "summary": summarize(results), "timings": timings, "examples": examples,
+            "baselines": notes}
 
 
 def score_bundle(bundle_dir: Path, evalset: EvalSet, objects: list[EvalObject], examples: list | None = None,

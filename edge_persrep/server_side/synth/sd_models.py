@@ -218,8 +218,16 @@ def random_sd(architecture: str = "tiny", seed: int = 0, device: str = "cpu", dt
     return StableDiffusion(Path(f"random-{architecture}"), tokenizer, *modules, dict(SD15_SCHEDULER))
 
 
+RANDOM_MARKER = "edge-persrep-random-weights.json"  # in a folder build_random_sd wrote: not a real model
+
+
+def is_random_model(folder: str | Path) -> bool:
+    """A Stable Diffusion folder `make-test-sd` wrote: random weights, whatever it draws means nothing."""
+    return (Path(folder) / RANDOM_MARKER).is_file()
+
+
 def build_random_sd(out: Path, architecture: str = "tiny", seed: int = 0) -> Path:
-    """Write a randomly initialised Stable Diffusion folder (diffusers layout) and return it."""
+    """Write a randomly initialised Stable Diffusion folder (diffusers layout, marked as random) and return it."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     sd = random_sd(architecture, seed)
@@ -227,4 +235,5 @@ def build_random_sd(out: Path, architecture: str = "tiny", seed: int = 0) -> Pat
                                    scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
+    (out / RANDOM_MARKER).write_text(json.dumps({"architecture": architecture, "seed": seed, "weights": "random"}))
     return out
