@@ -62,10 +62,17 @@ def bundle_dir(value: str) -> Path:
 
 
 def _add_personalize(sub) -> None:
-    p = sub.add_parser("personalize", help="photos of one object -> personalized bundle (server side, torch)")
-    p.add_argument("images", nargs="+", help="photos of the object, or a folder of them")
-    p.add_argument("--name", required=True, help="what to call the object")
-    p.add_argument("--category", required=True, help="its category, e.g. dog, mug, sneaker")
+    p = sub.add_parser("personalize", help="photos of one object (or --object several) -> personalized bundle "
+                                           "(server side, torch)")
+    p.add_argument("images", nargs="*", help="photos of the object, or a folder of them")
+    p.add_argument("--name", help="what to call the object")
+    p.add_argument("--category", help="its category, e.g. dog, mug, sneaker")
+    p.add_argument("--object", action="append", default=[], metavar="NAME[:CATEGORY]=DIR",
+                   help="joint run: one LoRA and one bundle for several objects (repeat; at least two), each "
+                        "told apart from the others and from the negatives")
+    p.add_argument("--add", metavar="NAME[:CATEGORY]=DIR",
+                   help="add an object to the joint run in --out: training continues from its LoRA on every "
+                        "object, all are re-enrolled, the bundle is swapped when done")
     p.add_argument("--out", required=True, type=Path, help="run directory (resumable; bundle in OUT/bundle)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
     p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors or state dict)")
@@ -288,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_personalize(args) -> None:
     from .pipeline import PersonalizeRequest, personalize
 
+    if args.object or args.add:
+        return personalize_joint_command(args)
+    if not args.images or not args.name or not args.category:
+        raise EdgePersrepError("personalize needs PHOTOS, --name and --category (or --object NAME=DIR ... for a "
+                               "joint run, or --add NAME=DIR to add to one)")
     request = PersonalizeRequest(args.images, args.name, args.category, args.out, negatives=args.negatives,
                                  others=args.others, backbone=args.backbone, weights=args.weights,
                                  synth_method=args.synth, synth_data=args.synth_data, masks=args.masks,
@@ -296,6 +308,26 @@ def cmd_personalize(args) -> None:
                                  seed=args.seed, force=args.force, **_given(args, calibrate_on="calibrate_on"))
     bundle = personalize(request)
     print(personalize_summary(bundle, args.name))
+
+
+def personalize_joint_command(args) -> None:
+    from .pipeline.joint import JointRequest, add_object, parse_object, personalize_joint
+    from .runtime import Finder
+
+    if args.images or args.name:
+        raise EdgePersrepError("a joint run takes its objects from --object NAME=DIR (no PHOTOS or --name)")
+    if args.add:
+        if args.object:
+            raise EdgePersrepError("use either --object (a new joint run) or --add (one more object), not both")
+        bundle = add_object(args.out, parse_object(args.add, args.category or ""), args.steps)
+    else:
+        objects = [parse_object(v, args.category or "") for v in args.object]
+        bundle = personalize_joint(JointRequest(objects, args.out, args.negatives, args.backbone, args.synth,
+                                                args.preset, args.steps, args.seed, args.device))
+    store = Finder.open(bundle).store
+    print(f"joint bundle at {bundle}: " + ", ".join(f"'{p.name}' (present at >= {p.threshold:.3f})"
+                                                    for p in store.objects.values()))
+    print(f"  next: edge-persrep find {bundle} PHOTO   (one model run answers for every object)")
 
 
 RESUMABLE = {"personalize", "synth", "eval"}  # a rerun of the same command picks up where it stopped

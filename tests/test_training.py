@@ -30,6 +30,17 @@ def test_info_nce_averages_over_anchors_and_uses_all_negatives():
     assert info_nce(a, p, n, 0.07).item() == pytest.approx(torch.stack(per_anchor).mean().item(), rel=1e-5)
 
 
+def test_joint_info_nce_adds_the_other_objects_positives_as_negatives():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    n = torch.tensor([[-1.0, 0.0]])
+    # two objects: anchor 0's logits [a0.p0, a0.n, a0.p1] = [1, -1, 0]; anchor 1's [1, 0, 0]
+    expected = (-math.log(math.e / (math.e + math.exp(-1) + 1)) - math.log(math.e / (math.e + 1 + 1))) / 2
+    assert info_nce(a, p, n, 1.0, torch.tensor([0, 1])).item() == pytest.approx(expected, rel=1e-6)
+    # one object twice: nothing of its own counts against it, exactly the single-object loss
+    assert info_nce(a, p, n, 1.0, torch.tensor([3, 3])).item() == pytest.approx(info_nce(a, p, n, 1.0).item())
+
+
 def test_box_cells_are_the_cells_whose_centres_the_box_holds():
     from edge_persrep.server_side.contrastive import box_cells
 

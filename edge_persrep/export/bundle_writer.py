@@ -91,14 +91,15 @@ def write_bundle(backbone: Backbone, out: Path, check_photos: list[Image.Image],
             "versions": versions(),
         }
         atomic_write_json(staging / MANIFEST, manifest)
-        _swap_into_place(staging, out)
+        swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
+def swap_into_place(staging: Path, out: Path) -> None:
+    """Replace the directory `out` with `staging` (two renames; the old one is deleted after)."""
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
         os.replace(out, old / "bundle")

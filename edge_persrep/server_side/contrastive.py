@@ -83,13 +83,20 @@ def get_preset(name: str, **overrides) -> TrainConfig:
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
-def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, tau: float) -> torch.Tensor:
+def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, tau: float,
+             owners: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE on unit vectors: anchor i's logits are [a_i . p_i, a_i . n_1, ..., a_i . n_B] / tau,
-    target index 0; mean over anchors. anchor, positive [B, D]; negatives [N, D]."""
+    target index 0; mean over anchors. anchor, positive [B, D]; negatives [N, D].
+    `owners` [B] (joint training of several objects): row i is object owners[i]'s anchor and
+    positive, and anchor i's negatives also include the batch's positives of the *other* objects,
+    so each object is told apart from the others as well as from the shared negatives."""
     pos = (anchor * positive).sum(dim=1, keepdim=True)
-    neg = anchor @ negatives.T
-    logits = torch.cat([pos, neg], dim=1) / tau
-    return F.cross_entropy(logits, torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))
+    logits = [pos, anchor @ negatives.T]
+    if owners is not None:
+        same = owners[:, None] == owners[None, :]
+        logits.append((anchor @ positive.T).masked_fill(same, float("-inf")))
+    return F.cross_entropy(torch.cat(logits, dim=1) / tau,
+                           torch.zeros(len(anchor), dtype=torch.long, device=anchor.device))
 
 
 class FastDropout(nn.Module):
@@ -125,12 +132,7 @@ def add_lora(backbone: Backbone, config: TrainConfig):
                       bias="none", target_modules=pattern)
     peft_model = get_peft_model(backbone.model, lora)
     backbone.model = peft_model.base_model.model  # same object, now holding LoRA layers
-    for module in backbone.model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if isinstance(dropouts, nn.ModuleDict):
-            for key, dropout in dropouts.items():
-                if isinstance(dropout, nn.Dropout):
-                    dropouts[key] = FastDropout(dropout.p)
+    _fast_dropouts(backbone.model)
     return peft_model
 
 
@@ -149,6 +151,7 @@ class Views:
                  rng: random.Random, device: torch.device, desc: str):
         self.backbone, self.images, self.rng, self.device = backbone, list(images), rng, device
         self.size = backbone.spec.preprocess.train_size
+        self.views = views if config.cache_trunk else 1
         self.cache = None
         if config.cache_trunk:
             chunks = []
@@ -165,6 +168,10 @@ class Views:
         views = [paper_augment(im, self.rng, self.size)[0] for im in images]
         x = torch.stack([to_tensor(v, self.backbone, self.size) for v in views])
         return self.backbone.trunk(x.to(self.device))
+
+    def rows_of(self, images: Sequence[int]) -> list[int]:
+        """The rows `sample` takes that show these images (each cached view of them)."""
+        return [i * self.views + v for i in images for v in range(self.views)]
 
     def sample(self, indices: Sequence[int]) -> torch.Tensor:
         if self.cache is not None:
@@ -222,14 +229,21 @@ class FramedViews:
 
 def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequence[Image.Image | Path],
           negatives: Sequence[Image.Image | Path], config: TrainConfig, out_dir: Path,
-          device: str = "cpu", positive_boxes: Sequence[Box | None] | None = None) -> dict:
+          device: str = "cpu", positive_boxes: Sequence[Box | None] | None = None,
+          owners: tuple[Sequence[int], Sequence[int]] | None = None, start_from: Path | None = None) -> dict:
     """Fine-tune `backbone` with LoRA, save the adapter and loss curve under `out_dir`, and return
     with the LoRA merged into `backbone` (ready to export) and a summary for the bundle manifest.
     `positive_boxes`: per positive, the box of an in-context object (scored inside it, see above)
-    or None (scored on the whole image, as the paper)."""
+    or None (scored on the whole image, as the paper). `owners`: (object index of each anchor, of
+    each positive) to train several objects into one LoRA (info_nce's `owners`): each batch row
+    draws an object, then its anchor and positive. `start_from`: an adapter folder to continue
+    (adding an object to a joint run) instead of a fresh LoRA."""
     if len(anchors) < 1 or len(positives) < 1 or len(negatives) < 1:
         raise EdgePersrepError("training needs at least one anchor photo, one positive and one negative; "
                                "pass --negatives DIR with photos of other objects of the same category")
+    if owners is not None and positive_boxes is not None and any(b is not None for b in positive_boxes):
+        raise EdgePersrepError("in-context positives (--synth context) train one object at a time; "
+                               "use --synth augment for a joint run")
     out_dir.mkdir(parents=True, exist_ok=True)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -242,7 +256,7 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     whole = [image for image, box in zip(positives, boxes) if box is None]
     counts = {"positives": len(positives), **({"in_context_positives": len(framed)} if framed else {})}
     positives = whole or positives  # all in context: the whole images serve too
-    peft_model = add_lora(backbone, config)
+    peft_model = add_lora(backbone, config) if start_from is None else _continue_lora(backbone, start_from)
     layout = torch.channels_last if backbone.spec.family == "efficientnet" else torch.contiguous_format
     backbone.to(dev, memory_format=layout).eval()
     for name, module in backbone.named_modules():  # BN stays frozen (eval); only LoRA dropout trains
@@ -269,20 +283,36 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
         trunk_features, cells = framed_views.sample([rng.randrange(len(framed_views)) for _ in range(k)], grid_hw)
         return pool_inside_and_outside(backbone.head(trunk_features, image_hw)[1], cells.to(dev))
 
+    if owners is not None:  # per object, the cached rows of its anchors and of its positives
+        objects = sorted(set(owners[0]))
+        anchor_rows = [anchor_views.rows_of([i for i, o in enumerate(owners[0]) if o == k]) for k in objects]
+        positive_rows = [positive_views.rows_of([i for i, o in enumerate(owners[1]) if o == k]) for k in objects]
+        if any(not rows for rows in positive_rows):
+            raise EdgePersrepError("every object of a joint run needs positives")
+
     checkpoints = Checkpoints(out_dir, config)
     first_step, losses = checkpoints.restore(backbone, optimizer, rng)
     started = time.time()
     b = config.batch_size
     for step in tqdm(range(first_step, config.steps), desc="train", unit="step", initial=first_step,
                      total=config.steps):
-        a = embed(anchor_views.sample([rng.randrange(len(anchor_views)) for _ in range(b)]))
+        row_owners = None
+        if owners is None:
+            a = embed(anchor_views.sample([rng.randrange(len(anchor_views)) for _ in range(b)]))
+        else:
+            row_owners = [rng.randrange(len(objects)) for _ in range(b)]
+            a = embed(anchor_views.sample([rng.choice(anchor_rows[k]) for k in row_owners]))
         k = b // 2 if framed_views is not None else 0  # positives in context
-        p = embed(positive_views.sample([rng.randrange(len(positive_views)) for _ in range(b - k)]))
+        if row_owners is None:
+            p = embed(positive_views.sample([rng.randrange(len(positive_views)) for _ in range(b - k)]))
+        else:
+            p = embed(positive_views.sample([rng.choice(positive_rows[o]) for o in row_owners]))
         n = embed(negative_views.sample([rng.randrange(len(negative_views)) for _ in range(b)]))
         if k:  # scored inside their boxes; what surrounds each box is one more negative
             inside, outside = in_context(k)
             p, n = torch.cat([p, inside]), torch.cat([n, outside])
-        loss = info_nce(a, p, n, config.tau)
+        loss = info_nce(a, p, n, config.tau,
+                        torch.tensor(row_owners, device=dev) if row_owners is not None else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -298,9 +328,33 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     atomic_write_json(out_dir / "loss.json", {"loss": losses})
     summary = {"steps": config.steps, "seconds": round(seconds, 1), "loss_first": losses[0], "loss_last": losses[-1],
                "loss_last10_mean": round(float(np.mean(losses[-10:])), 5), "anchors": len(anchors),
-               **counts, "negatives": len(negatives), "config": asdict(config)}
+               **counts, "negatives": len(negatives), "config": asdict(config),
+               **({"objects": len(set(owners[0]))} if owners is not None else {}),
+               **({"continued_from": str(start_from)} if start_from is not None else {})}
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _continue_lora(backbone: Backbone, adapter_dir: Path):
+    """A saved LoRA attached trainable (not merged): training goes on from it."""
+    from peft import PeftModel
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise EdgePersrepError(f"{adapter_dir}: no LoRA adapter here (adapter_config.json missing); train first")
+    peft_model = PeftModel.from_pretrained(backbone.model, str(adapter_dir), is_trainable=True)
+    backbone.model = peft_model.base_model.model  # as add_lora leaves it
+    _fast_dropouts(backbone.model)
+    return peft_model
+
+
+def _fast_dropouts(model: nn.Module) -> None:
+    """peft's LoRA dropouts replaced by FastDropout (same p)."""
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, nn.ModuleDict):
+            for key, dropout in dropouts.items():
+                if isinstance(dropout, nn.Dropout):
+                    dropouts[key] = FastDropout(dropout.p)
 
 
 def load_adapter(backbone: Backbone, adapter_dir: Path) -> None:
