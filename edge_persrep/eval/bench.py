@@ -93,6 +93,7 @@ def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: in
         rows["runtime_find_all_per_image"] = median_ms(
             lambda: finder.find(finder.embed([photos[0]])[0], "all"), repeats)
         rows.update(find_parts(finder, photos[0], repeats))
+        rows.update(frame_with_objects(finder, photos[0], repeats))
     report = {
         "backbone": backbone, "input_size": size, "repeats": repeats, "threads": threads or "default",
         "provider": finder.bundle.provider,
@@ -137,6 +138,32 @@ def find_parts(finder, photo, repeats: int) -> dict[str, float]:
             for key, (a, b) in zip(parts, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
                 parts[key].append((b - a) * 1000)
     return {k: statistics.median(v) for k, v in parts.items()}
+
+
+def frame_with_objects(finder, photo, repeats: int, counts: tuple[int, ...] = (1, 5, 20)) -> dict[str, float]:
+    """One frame (one model run) answered for N enrolled objects, every task: the enrolled object
+    plus N - 1 others (random unit prototypes: absent, as most of a user's things are from any one
+    frame). Median ms per frame for each N."""
+    import numpy as np
+
+    from ..runtime import Finder, Prototype, PrototypeStore
+
+    (real,) = finder.store.objects.values()
+    rng = np.random.default_rng(0)
+    rows = {}
+    for n in counts:
+        store = PrototypeStore(finder.store.model_sha256, finder.store.embedding_dim, finder.store.grid_dim)
+        store.add(real)
+        for k in range(n - 1):
+            def unit(shape):
+                x = rng.standard_normal(shape).astype(np.float32)
+                return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+            store.add(Prototype(f"other{k}", "thing", unit(real.embeddings.shape), unit(real.targets.shape),
+                                unit(real.box_features.shape), real.threshold))
+        many = Finder(finder.bundle, store)
+        rows[f"frame_all_tasks_{n}_objects"] = median_ms(lambda: many.find(many.embed([photo])[0], "all"), repeats)
+    return rows
 
 
 def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_init: bool = False,
