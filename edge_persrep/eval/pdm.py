@@ -33,6 +33,7 @@ from ..runtime import dense, metrics
 from ..runtime.errors import EdgePersrepError
 from ..runtime.finder import ImageFeatures, object_cells
 from ..runtime.images import load_image
+from .runner import dense_metrics, ground_truth, scored_splits, training_masks
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,6 @@ def evaluate_pdm(evalset, objects, sd_model: str, out: Path, config: PDMConfig =
                  device: str = "cpu") -> dict:
     """{object: {split: metrics}} for PDM, on the same images, gallery and protocol as score_bundle."""
     from ..server_side.synth.sd_models import is_random_model, load_sd, resolve_sd_model
-    from .runner import training_masks
 
     folder = resolve_sd_model(sd_model)
     sd = load_sd(folder, device)
@@ -161,23 +161,14 @@ def _score(obj, evalset, bank: np.ndarray, features, config: PDMConfig) -> dict:
     (rank images by the reference object) is the classification AP here; the runner's other
     direction (a test photo as the query against the training photos) would need the query's object
     mask, which PDM takes as given and this protocol does not have, so it is not reported."""
-    shown = evalset.shown_to(obj)
     results = {}
-    for split in sorted({t.split for t in evalset.tests}):
-        idx = [i for i, t in enumerate(evalset.tests)
-               if t.split == split and (shown is None or set(t.instances) <= shown)]
-        labels = [obj.name in evalset.tests[i].instances for i in idx]
-        if not any(labels):
-            continue
+    for split, idx, labels in scored_splits(evalset, obj):
         found = {i: features(evalset.tests[i].path, obj.category) for i in idx}
         maps = {i: pdm_map(found[i][0], found[i][1], bank) for i in idx}
         scores = {i: image_score(maps[i], config) for i in idx}
         r = {"classification_ap": metrics.average_precision([scores[i] for i in idx], labels),
              "classification_f1": metrics.best_f1([scores[i] for i in idx], labels)}
-        boxes_gt = {i: evalset.tests[i].instances[obj.name]["box"] for i in idx
-                    if obj.name in evalset.tests[i].instances and evalset.tests[i].instances[obj.name]["box"]}
-        masks_gt = {i: evalset.tests[i].instances[obj.name]["mask"] for i in idx
-                    if obj.name in evalset.tests[i].instances and evalset.tests[i].instances[obj.name]["mask"]}
+        boxes_gt, masks_gt = ground_truth(evalset, obj, idx)
         if boxes_gt:
             box_dets, mask_dets = [], []
             for i in idx:
@@ -186,11 +177,6 @@ def _score(obj, evalset, bank: np.ndarray, features, config: PDMConfig) -> dict:
                 box_dets.append((i, scores[i], box))
                 if masks_gt:
                     mask_dets.append((i, scores[i], mask if box is not None else None))
-            det = metrics.coco_map(box_dets, boxes_gt)
-            r.update({"detection_map": det["map"], "detection_map50": det["map50"]})
-            if masks_gt:
-                gt = {i: np.asarray(Image.open(p).convert("L")) >= 128 for i, p in masks_gt.items()}
-                seg = metrics.coco_map(mask_dets, gt, iou=metrics.mask_iou)
-                r.update({"segmentation_map": seg["map"], "segmentation_map50": seg["map50"]})
+            r.update(dense_metrics(box_dets, mask_dets, boxes_gt, masks_gt))
         results[split] = r
     return results

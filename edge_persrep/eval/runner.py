@@ -137,12 +137,7 @@ def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gall
     if shown is not None:  # identity-disjoint: no image or gallery photo of a subject training saw
         keep = np.isin(gallery_owner, sorted(shown))
         gallery, gallery_owner = gallery[keep], gallery_owner[keep]
-    for split in sorted({t.split for t in evalset.tests}):
-        idx = [i for i, t in enumerate(evalset.tests)
-               if t.split == split and (shown is None or set(t.instances) <= shown)]
-        labels = [obj.name in evalset.tests[i].instances for i in idx]
-        if not any(labels):
-            continue
+    for split, idx, labels in scored_splits(evalset, obj):
         scores = [float((proto.embeddings @ feats[i].embedding).max()) for i in idx]
         r = {"classification_ap": metrics.average_precision(scores, labels),
              "classification_f1": metrics.best_f1(scores, labels)}
@@ -155,10 +150,7 @@ def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gall
             ranked = np.array(ranked)
             r.update({"retrieval_ndcg": metrics.ndcg(ranked), "retrieval_mrr": metrics.mean_reciprocal_rank(ranked),
                       **{f"retrieval_top{k}": metrics.top_k_accuracy(ranked, k) for k in (1, 5, 10)}})
-        boxes_gt = {i: evalset.tests[i].instances[obj.name]["box"] for i in idx
-                    if obj.name in evalset.tests[i].instances and evalset.tests[i].instances[obj.name]["box"]}
-        masks_gt = {i: evalset.tests[i].instances[obj.name]["mask"] for i in idx
-                    if obj.name in evalset.tests[i].instances and evalset.tests[i].instances[obj.name]["mask"]}
+        boxes_gt, masks_gt = ground_truth(evalset, obj, idx)
         if boxes_gt:
             box_dets, mask_dets = [], []
             for i in idx:
@@ -172,14 +164,38 @@ def _score_object(finder: Finder, obj: EvalObject, evalset: EvalSet, feats, gall
                     examples.append({"object": obj.name, "split": split, "image": str(evalset.tests[i].path),
                                      "iou": metrics.box_iou(match.box, boxes_gt[i]) if match.box else 0.0,
                                      "box": match.box, "gt": boxes_gt[i], "score": conf})
-            det = metrics.coco_map(box_dets, boxes_gt)
-            r.update({"detection_map": det["map"], "detection_map50": det["map50"]})
-            if masks_gt:
-                gt = {i: np.asarray(Image.open(p).convert("L")) >= 128 for i, p in masks_gt.items()}
-                seg = metrics.coco_map(mask_dets, gt, iou=metrics.mask_iou)
-                r.update({"segmentation_map": seg["map"], "segmentation_map50": seg["map50"]})
+            r.update(dense_metrics(box_dets, mask_dets, boxes_gt, masks_gt))
         results[split] = r
     return results
+
+
+def scored_splits(evalset: EvalSet, obj: EvalObject):
+    """Per split that shows the object: (split, the test images it is scored on, their labels);
+    identity-disjoint sets leave out images of subjects training saw."""
+    shown = evalset.shown_to(obj)
+    for split in sorted({t.split for t in evalset.tests}):
+        idx = [i for i, t in enumerate(evalset.tests)
+               if t.split == split and (shown is None or set(t.instances) <= shown)]
+        labels = [obj.name in evalset.tests[i].instances for i in idx]
+        if any(labels):
+            yield split, idx, labels
+
+
+def ground_truth(evalset: EvalSet, obj: EvalObject, idx: list[int]) -> tuple[dict, dict]:
+    """The object's known boxes and mask files among test images `idx`: ({i: box}, {i: mask path})."""
+    shown = [(i, evalset.tests[i].instances[obj.name]) for i in idx if obj.name in evalset.tests[i].instances]
+    return {i: x["box"] for i, x in shown if x["box"]}, {i: x["mask"] for i, x in shown if x["mask"]}
+
+
+def dense_metrics(box_dets: list, mask_dets: list, boxes_gt: dict, masks_gt: dict) -> dict:
+    """COCO mAP and mAP50 of one region per image: detection, and segmentation where masks are known."""
+    det = metrics.coco_map(box_dets, boxes_gt)
+    out = {"detection_map": det["map"], "detection_map50": det["map50"]}
+    if masks_gt:
+        gt = {i: np.asarray(Image.open(p).convert("L")) >= 128 for i, p in masks_gt.items()}
+        seg = metrics.coco_map(mask_dets, gt, iou=metrics.mask_iou)
+        out.update({"segmentation_map": seg["map"], "segmentation_map50": seg["map50"]})
+    return out
 
 
 def evaluate(evalset: EvalSet, backbone: str, methods: list[str], out: Path, steps: int | None = None,
