@@ -150,15 +150,16 @@ def frame_with_objects(finder, photo, repeats: int, counts: tuple[int, ...] = (1
 
     (real,) = finder.store.objects.values()
     rng = np.random.default_rng(0)
+
+    def unit(shape):
+        x = rng.standard_normal(shape).astype(np.float32)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
     rows = {}
     for n in counts:
         store = PrototypeStore(finder.store.model_sha256, finder.store.embedding_dim, finder.store.grid_dim)
         store.add(real)
         for k in range(n - 1):
-            def unit(shape):
-                x = rng.standard_normal(shape).astype(np.float32)
-                return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
             store.add(Prototype(f"other{k}", "thing", unit(real.embeddings.shape), unit(real.targets.shape),
                                 unit(real.box_features.shape), real.threshold))
         many = Finder(finder.bundle, store)

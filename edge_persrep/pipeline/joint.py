@@ -34,6 +34,7 @@ from ..runtime.files import atomic_write_json
 from ..runtime.finder import Finder
 from ..runtime.images import load_image
 from ..server_side.contrastive import load_adapter, train
+from ..server_side.options import DEFAULT_BACKBONE, DEFAULT_PRESET, DEFAULT_SYNTH
 from .bundles import export_bundle
 from .personalize import prepare, synthesise
 from .request import PersonalizeRequest
@@ -65,9 +66,9 @@ class JointRequest:
     objects: Sequence[JointObject]
     out: Path
     negatives: Sequence[Path] = ()
-    backbone: str = "efficientnet_lite0"
-    synth_method: str = "augment"
-    preset: str = "quick"
+    backbone: str = DEFAULT_BACKBONE
+    synth_method: str = DEFAULT_SYNTH
+    preset: str = DEFAULT_PRESET
     steps: int | None = None
     seed: int = 0
     device: str = "auto"
