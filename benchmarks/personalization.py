@@ -43,30 +43,18 @@ import numpy as np
 from edge_persrep.eval.datasets import load_dreambooth
 from edge_persrep.eval.protocols import (
     PROTOCOL_SEED,
-    SINGLE_KINDS,
     disjoint_test_set,
     identity_split,
     lookalike_targets,
-    write_negatives,
+    seen_negatives,
 )
+from edge_persrep.eval.target_metrics import present_metrics, retrieval_gallery, target_metrics
 from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
 from edge_persrep.runtime.files import atomic_write_json
-from edge_persrep.runtime.images import load_image
-from edge_persrep.runtime.metrics import average_precision, best_balanced_accuracy, box_iou, point_in_box
 
 METRICS = ("present_bacc", "present_f1", "present_bacc_best", "ap", "ap_global", "present_bacc_global", "pointing",
            "box_iou", "retrieval_top1")
-
-
-def present_metrics(present: list[bool], labels: list[bool]) -> tuple[float, float]:
-    """Balanced accuracy and F1 of yes/no decisions (both 0 for F1 when nothing is found)."""
-    p, y = np.asarray(present, bool), np.asarray(labels, bool)
-    tp, fp, fn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum())
-    tpr = tp / max(1, y.sum())
-    tnr = float((~p & ~y).sum()) / max(1, (~y).sum())
-    f1 = 2 * tp / max(1, 2 * tp + fp + fn)
-    return (tpr + tnr) / 2, f1
 
 
 def evaluate(bundle_dir: Path, target: str, subjects, split, test, calibration_negatives: list[Path]) -> dict:
@@ -85,51 +73,21 @@ def evaluate(bundle_dir: Path, target: str, subjects, split, test, calibration_n
     finder._calibration_scores = recorded
     finder.store.add(finder.make_prototype(target, s.photos[:3], s.category, negatives=calibration_negatives))
     del finder._calibration_scores
-    proto = finder.store.objects[target]
     paper = finder.make_prototype(target, s.photos[:3], s.category, negatives=calibration_negatives, scoring="global")
     feats = finder.embed([t.image for t in test])
     matches = [finder.classify(f)[0] for f in feats]
-    labels = [target in t.subjects for t in test]
-    bacc, f1 = present_metrics([m.present for m in matches], labels)
-    bacc_global, _ = present_metrics([m.global_score >= paper.threshold for m in matches], labels)
-    gallery_names = (target,) + split.unseen
-    gallery = finder.embed([load_image(p) for n in gallery_names for p in subjects[n].photos[:3]])
-    owner = np.array([n for n in gallery_names for _ in subjects[n].photos[:3]])
-    g = np.stack([x.embedding for x in gallery])
-    top1, pointing, ious = [], [], []
-    for t, f, m in zip(test, feats, matches):
-        if target not in t.subjects:
-            continue
-        if t.kind in SINGLE_KINDS:
-            top1.append(owner[int(np.argmax(g @ f.embedding))] == target)
-        if t.kind in ("small", "scene2x2", "scene3x3"):
-            x0, y0, x1, y1 = m.region_box
-            pointing.append(point_in_box(((x0 + x1) / 2, (y0 + y1) / 2), t.boxes[target]))
-            located = finder.locate(f, m, with_mask=False)
-            ious.append(box_iou(located.box, t.boxes[target]) if located.box is not None else 0.0)
-    return {"present_bacc": bacc, "present_f1": f1,
-            "present_bacc_best": best_balanced_accuracy([m.score for m in matches], labels),
-            "ap": average_precision([m.score for m in matches], labels),
-            "ap_global": average_precision([m.global_score for m in matches], labels),
-            "present_bacc_global": bacc_global, "threshold_global": round(paper.threshold, 4),
-            "pointing": float(np.mean(pointing)), "box_iou": float(np.mean(ious)),
-            "retrieval_top1": float(np.mean(top1)), "threshold": round(proto.threshold, 4),
-            "n_pos": int(sum(labels)), "n_test": len(test),
-            "scores": {"test": [round(m.score, 4) for m in matches], "labels": labels,
-                       "calibration_positives": [round(x, 4) for x in calibration["positives"]],
-                       "calibration_negatives": [round(x, 4) for x in calibration["negatives"]]}}
-
-
-def negatives_folder(subjects, split, target: str, out: Path) -> Path:
-    """The seen subjects' reference photos: all 3 of each same-category one, 1 of each other."""
-    category = subjects[target].category
-    return write_negatives(out / "negatives" / target,
-                           {n: subjects[n].photos[:3] if subjects[n].category == category else subjects[n].photos[:1]
-                            for n in split.seen})
+    gallery, owner = retrieval_gallery(finder, {n: subjects[n].photos[:3] for n in (target,) + split.unseen})
+    row = target_metrics(finder, target, test, feats, matches, gallery, owner)
+    row["present_bacc_global"], _ = present_metrics([m.global_score >= paper.threshold for m in matches],
+                                                    row["scores"]["labels"])
+    row["threshold_global"] = round(paper.threshold, 4)
+    row["scores"].update({"calibration_positives": [round(x, 4) for x in calibration["positives"]],
+                          "calibration_negatives": [round(x, 4) for x in calibration["negatives"]]})
+    return row
 
 
 def unused_photos(subjects, split, target: str) -> list[Path]:
-    """The seen subjects' photos that `negatives_folder` leaves out (same category: past the 3rd;
+    """The seen subjects' photos that `seen_negatives` leaves out (same category: past the 3rd;
     other categories: past the 1st): identities training met, photos it did not."""
     category = subjects[target].category
     return [p for n in split.seen for p in subjects[n].photos[3 if subjects[n].category == category else 1:]]
@@ -174,6 +132,7 @@ def write_report(args, seeds: list[int], rows: list[dict], complete: bool) -> No
     results (`complete` says whether every target is in)."""
     report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3},
               "calibrate_on": args.calibrate_on, "enrol_on": args.enrol_on, "synth": args.synth, "preset": args.preset,
+              "train_precision": args.train_precision,
               "steps": args.steps, "seeds": seeds, "complete": complete,
               "targets": rows, "mean": summarize(rows, seeds)}
     atomic_write_json(args.out / "personalization.json", report)
@@ -187,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--synth", default="augment", help="personalize --synth: augment | context | ...")
     ap.add_argument("--steps", type=int, help="override the preset's training steps")
+    ap.add_argument("--train-precision", default="fp32", choices=["fp32", "bf16"],
+                    help="personalize --train-precision (bf16 runs go to their own folders)")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds of the personalized model ('' = pretrained only)")
     ap.add_argument("--calibrate-on", default="training", help="personalize --calibrate-on: training | held-out")
     ap.add_argument("--enrol-on", default="run", choices=["run", "unused-photos"],
@@ -202,24 +163,25 @@ def main(argv=None) -> int:
     if not (pretrained / "bundle.json").is_file():
         export_pretrained("efficientnet_lite0", pretrained, force=True)
 
+    runs_folder = args.synth + ("" if args.train_precision == "fp32" else f"-{args.train_precision}")
     rows = []
     for target in targets:
         s = subjects[target]
         split = identity_split(subjects, target)
         test = disjoint_test_set(subjects, split)
-        negatives = negatives_folder(subjects, split, target, args.out)
-        seen_negatives = sorted(negatives.iterdir())
+        negatives = seen_negatives(subjects, split, args.out / "negatives" / target)
+        seen_photos = sorted(negatives.iterdir())
         unused = unused_photos(subjects, split, target) if args.enrol_on == "unused-photos" else None
         row = {"target": target, "category": s.category, "seen": len(split.seen), "unseen": len(split.unseen),
                "note": split.note,
-               "pretrained": evaluate(pretrained, target, subjects, split, test, unused or seen_negatives),
+               "pretrained": evaluate(pretrained, target, subjects, split, test, unused or seen_photos),
                "personalized": {}, "personalize_seconds": {}}
         for seed in seeds:
             started = time.time()
             bundle = personalize(PersonalizeRequest(
-                s.photos[:3], target, s.category, args.out / "runs" / args.synth / f"{target}-seed{seed}",
+                s.photos[:3], target, s.category, args.out / "runs" / runs_folder / f"{target}-seed{seed}",
                 negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
-                device="cpu", calibrate_on=args.calibrate_on))
+                device="cpu", calibrate_on=args.calibrate_on, train_precision=args.train_precision))
             row["personalize_seconds"][str(seed)] = round(time.time() - started, 1)
             run = RunDir(bundle.parent)
             record = run.read()

@@ -226,6 +226,22 @@ def test_offline_flag_refuses_a_hub_backbone_with_what_to_do(tmp_path):
     assert out.returncode == 2 and "--weights FILE" in out.stderr and not (tmp_path / "b").exists()
 
 
+def test_a_run_recorded_before_a_training_setting_existed_still_resumes(personalized_run, examples, tmp_path):
+    """A TrainConfig field added later (precision) is filled with its default on resume: the old run
+    is neither refused nor retrained."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(personalized_run, run)
+    record = json.loads((run / "run.json").read_text())
+    del record["train_config"]["precision"]
+    (run / "run.json").write_text(json.dumps(record))
+    summary = (run / "train" / "summary.json").read_bytes()
+    run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
+            "--negatives", examples / "negatives", "--steps", "4", "--seed", "1")
+    assert (run / "train" / "summary.json").read_bytes() == summary  # reused, not trained again
+
+
 def test_rerun_with_other_settings_is_refused_not_mixed(personalized_run, examples, tmp_path):
     import shutil
 

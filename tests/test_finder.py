@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import paste_scene
 
-from edge_persrep.runtime import EdgePersrepError, Finder, StoreError, dense, list_images, load_image
+from edge_persrep.runtime import EdgePersrepError, Finder, PrototypeStore, StoreError, dense, list_images, load_image
 from edge_persrep.runtime.metrics import box_iou
 
 
@@ -79,6 +79,27 @@ def test_objects_enrolled_in_a_bundle_serve_as_negatives(finder):
     identities, negatives = gather_negatives([], finder.bundle.root)
     assert len(negatives) == 3 and all(im.mode == "RGB" and max(im.size) <= 384 for im in negatives)
     assert identities == ["enrolled:dog"] * 3  # one enrolled object, one identity
+
+
+def test_objects_enrolled_together_are_each_calibrated_against_all_the_others(bundle_copy, examples):
+    """enroll_all: the first object's threshold counts the second as a negative, exactly as if the
+    second had been enrolled first; enrolled one after another, the first one never sees it."""
+    photos = list_images([examples / "negatives"])
+    dog2, dog3 = [p for p in photos if p.name.startswith("dog2_")], [p for p in photos if p.name.startswith("dog3_")]
+    negatives = [p for p in photos if p not in dog2 + dog3]
+    together = Finder.open(bundle_copy)
+    a, b = together.enroll_all([("dog2", dog2, "dog", negatives), ("dog3", dog3, "dog", negatives)])
+    assert list(Finder.open(bundle_copy).store.objects) == ["dog2", "dog3"]  # saved once, both in
+
+    def empty_store():
+        return PrototypeStore(together.store.model_sha256, together.store.embedding_dim, together.store.grid_dim)
+
+    alone = Finder(together.bundle, empty_store())
+    alone.store.add(b)  # dog3 already in the store: the usual `enroll` counts it for dog2
+    assert alone.make_prototype("dog2", dog2, "dog", negatives).threshold == pytest.approx(a.threshold, abs=1e-6)
+    blind = Finder(together.bundle, empty_store())
+    first = blind.make_prototype("dog2", dog2, "dog", negatives)  # enrolled first, one at a time: dog3 unseen
+    assert first.threshold != pytest.approx(a.threshold, abs=1e-6)
 
 
 def test_top_k_matches_a_full_sort():

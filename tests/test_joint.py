@@ -56,18 +56,18 @@ def test_adding_an_object_keeps_the_others_and_a_failed_add_leaves_the_old_bundl
     cat.mkdir()
     shutil.copy(examples / "heldout_others" / "cat_00.jpg", cat)
 
-    original, calls = finder_module.Finder.enroll, []
+    original, calls = finder_module.Finder.make_prototype, []
 
-    def dying_enroll(self, name, *args, **kwargs):  # the new model is trained and exported: fail mid-enrolment
+    def dying(self, name, *args, **kwargs):  # the new model is trained and exported: fail mid-enrolment
         calls.append(name)
         if len(calls) == 2:
             raise RuntimeError("killed")
         return original(self, name, *args, **kwargs)
 
-    monkeypatch.setattr(finder_module.Finder, "enroll", dying_enroll)
+    monkeypatch.setattr(finder_module.Finder, "make_prototype", dying)
     with pytest.raises(RuntimeError):
         joint.add_object(run, joint.parse_object(f"cat:cat={cat}", "dog"), steps=2)
-    monkeypatch.setattr(finder_module.Finder, "enroll", original)
+    monkeypatch.setattr(finder_module.Finder, "make_prototype", original)
     assert (run / "bundle" / "prototypes.safetensors").read_bytes() == before  # the old bundle, untouched
     assert list(Finder.open(run / "bundle").store.objects) == ["my_dog", "dog2"]
     assert json.loads((run / "joint.json").read_text())["generation"] == 0

@@ -90,3 +90,29 @@ def test_disjoint_test_set_shows_only_unseen_subjects_and_labels_match_pixels(tm
         region = np.asarray(t.image)[y0:y1, x0:x1].reshape(-1, 3)
         share = (region == COLOURS[t.source.split("/")[0]]).all(axis=1).mean()
         assert share > (0.55 if t.kind == "occlude" else 0.9), (t.kind, share)  # the box is where it is
+
+
+def test_a_group_of_the_users_things_is_split_like_one_target_and_every_member_is_tested(tmp_path):
+    from edge_persrep.eval.protocols import disjoint_test_set, group_split, identity_split, seen_negatives
+
+    subjects = _dataset(tmp_path / "data")
+    assert group_split(subjects, "a", ("a",)) == identity_split(subjects, "a")  # a group of one is one target
+    split = group_split(subjects, "my_dogs", ("a", "b"))
+    assert split.targets == ("a", "b") and not {"a", "b"} & set(split.seen + split.unseen)
+    assert set(split.seen) | set(split.unseen) == set(COLOURS) - {"a", "b"}
+    assert {CATEGORY[n] for n in split.unseen} >= {"dog"}  # c or d: an unseen look-alike for the test
+    test = disjoint_test_set(subjects, split)
+    for t in test:
+        shown, reference_pixels = _owners(t.image)
+        assert not reference_pixels and shown == t.subjects and not shown & set(split.seen)
+        assert len(shown & {"a", "b"}) <= 1  # members never fill each other's scenes: confusion is measured alone
+    assert {t.source.split("/")[0] for t in test} >= {"a", "b"}
+    negatives = seen_negatives(subjects, split, tmp_path / "negatives")
+    per_subject = {n: len(list(negatives.glob(f"{n}_*"))) for n in split.seen}
+    assert all(k == (3 if CATEGORY[n] == "dog" else 1) for n, k in per_subject.items())
+    try:
+        group_split(subjects, "mixed", ("a", "e"))
+    except ValueError as exc:
+        assert "one category" in str(exc)
+    else:
+        raise AssertionError("a group of two categories was accepted")

@@ -139,6 +139,35 @@ def test_training_changes_lora_and_lowers_the_loss(examples, tmp_path):
     assert all(v.is_contiguous() for v in after.values())  # trained channels-last, handed back as torch's default
 
 
+@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="this CPU has no native bf16")
+def test_bf16_training_learns_and_records_its_precision(examples, tmp_path):
+    from edge_persrep.runtime import list_images, load_image
+    from edge_persrep.server_side.contrastive import train
+
+    backbone = create_backbone("efficientnet_lite0")
+    before = backbone.model.conv_head.weight.detach().clone()
+    anchors = [load_image(p) for p in list_images([examples / "dog"])]
+    config = TrainConfig(triplets=30 * 8, epochs=1, batch_size=8, lora_alpha=16.0, cache_trunk=True, views=2,
+                         precision="bf16")
+    summary = train(backbone, anchors, anchors, list_images([examples / "negatives"]), config, tmp_path)
+    assert summary["config"]["precision"] == "bf16" and math.isfinite(summary["loss_last"])
+    assert summary["loss_last10_mean"] < summary["loss_first"]
+    merged = backbone.model.conv_head.weight
+    assert merged.dtype == torch.float32 and not torch.equal(merged, before)  # fp32 weights, moved
+
+
+def test_bf16_is_refused_before_any_work_on_a_cpu_without_it(examples, tmp_path, monkeypatch):
+    from edge_persrep.pipeline import PersonalizeRequest
+    from edge_persrep.runtime import EdgePersrepError
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    request = PersonalizeRequest([examples / "dog"], "dog", "dog", tmp_path / "run", negatives=[examples / "negatives"],
+                                 device="cpu", train_precision="bf16")
+    with pytest.raises(EdgePersrepError, match="no native bf16"):
+        request.plan()
+    assert not (tmp_path / "run").exists()
+
+
 def test_killed_training_resumes_to_the_same_weights(examples, tmp_path, monkeypatch):
     from edge_persrep.runtime import list_images, load_image
     from edge_persrep.server_side import contrastive

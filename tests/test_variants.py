@@ -183,7 +183,7 @@ def test_adapter_alone_reproduces_the_merged_model(personalized_run, tmp_path):
 
 def test_onnxruntime_lora_adapter_switches_objects_on_one_base(personalized_run, tmp_path):
     """One base session: no adapter = the pretrained model; the object's adapter = its merged model."""
-    from edge_persrep.export.ort_lora import run_with_adapter
+    from edge_persrep.runtime.adapters import run_with_adapter
     from edge_persrep.runtime.bundle import make_session
 
     run_cli("export-adapter", personalized_run, "--out", tmp_path / "adapter")
@@ -205,6 +205,30 @@ def test_onnxruntime_lora_adapter_switches_objects_on_one_base(personalized_run,
     # the adapter really changes the model (4 training steps: a small but real change) toward the merged one
     assert np.abs(with_adapter[0] - without[0]).max() > 1e-3
     assert np.min(np.sum(with_adapter[0] * merged[0], axis=1)) > np.max(np.sum(with_adapter[0] * plain[0], axis=1))
+
+
+def test_the_runtime_serves_objects_through_their_adapters_as_their_merged_models_do(personalized_run, tmp_path,
+                                                                                 examples):
+    """PerObjectFinder: the object's adapter on the shared base session gives the merged bundle's
+    scores and decisions; a tampered adapter is refused with the file named."""
+    from edge_persrep.runtime import BundleError, Finder, list_images
+    from edge_persrep.runtime.adapters import PerObjectFinder
+
+    run_cli("export-adapter", personalized_run, "--out", tmp_path / "adapter")
+    bundle = personalized_run / "bundle"
+    per_object = PerObjectFinder.open([(bundle, tmp_path / "adapter")])
+    merged = Finder.open(bundle)
+    photos = list_images([examples / "dog_heldout", examples / "heldout_others"])
+    decisions = []
+    for photo in photos:
+        (a,), (b,) = per_object.find(photo), merged.find(merged.embed([photo])[0])
+        assert a.name == b.name == "my_dog" and a.present == b.present and a.box == b.box
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        decisions.append(a.present)
+    assert any(decisions) and not all(decisions)  # both answers occur
+    (tmp_path / "adapter" / "object.onnx_adapter").write_bytes(b"not an adapter")
+    with pytest.raises(BundleError, match="object.onnx_adapter"):
+        PerObjectFinder.open([(bundle, tmp_path / "adapter")])
 
 
 def test_cosines_are_true_cosines_whatever_the_norms():

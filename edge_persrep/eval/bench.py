@@ -93,7 +93,9 @@ def run_bench(backbone: str, images: list[str] | None, repeats: int, threads: in
         rows["runtime_find_all_per_image"] = median_ms(
             lambda: finder.find(finder.embed([photos[0]])[0], "all"), repeats)
         rows.update(find_parts(finder, photos[0], repeats))
-        rows.update(frame_with_objects(finder, photos[0], repeats))
+        adapter = timing_adapter(backbone, size, Path(tmp) / "adapter")
+        base = make_session(adapter / "lora_base.onnx", ["CPUExecutionProvider"], threads)
+        rows.update(frame_with_objects(finder, photos[0], repeats, adapters=(base, adapter / "object.onnx_adapter")))
     report = {
         "backbone": backbone, "input_size": size, "repeats": repeats, "threads": threads or "default",
         "provider": finder.bundle.provider,
@@ -140,13 +142,17 @@ def find_parts(finder, photo, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in parts.items()}
 
 
-def frame_with_objects(finder, photo, repeats: int, counts: tuple[int, ...] = (1, 5, 20)) -> dict[str, float]:
+def frame_with_objects(finder, photo, repeats: int, counts: tuple[int, ...] = (1, 5, 20),
+                       adapters: tuple | None = None) -> dict[str, float]:
     """One frame (one model run) answered for N enrolled objects, every task: the enrolled object
     plus N - 1 others (random unit prototypes: absent, as most of a user's things are from any one
-    frame). Median ms per frame for each N."""
+    frame). Median ms per frame for each N. With `adapters` (a LoRA base session, an adapter
+    file), also the per-object design: each object answered by its own run of the base with the
+    adapter active (runtime.adapters), N model runs a frame."""
     import numpy as np
 
-    from ..runtime import Finder, Prototype, PrototypeStore
+    from ..runtime import Bundle, Finder, Prototype, PrototypeStore
+    from ..runtime.adapters import AdapterSession, PerObjectFinder
 
     (real,) = finder.store.objects.values()
     rng = np.random.default_rng(0)
@@ -164,7 +170,31 @@ def frame_with_objects(finder, photo, repeats: int, counts: tuple[int, ...] = (1
                                 unit(real.box_features.shape), real.threshold))
         many = Finder(finder.bundle, store)
         rows[f"frame_all_tasks_{n}_objects"] = median_ms(lambda: many.find(many.embed([photo])[0], "all"), repeats)
+        if adapters is not None:  # the per-object design: each object its own adapter, one base run each
+            finders = []
+            for p in store.objects.values():
+                bundle = Bundle.load(finder.bundle.root)
+                bundle.use_session(AdapterSession(adapters[0], adapters[1]))
+                own = PrototypeStore(store.model_sha256, store.embedding_dim, store.grid_dim)
+                own.add(p)
+                finders.append(Finder(bundle, own))
+            per_object = PerObjectFinder(finders)
+            rows[f"frame_all_tasks_{n}_objects_adapters"] = median_ms(lambda: per_object.find(photo), repeats)
     return rows
+
+
+def timing_adapter(backbone: str, size: int, folder: Path) -> Path:
+    """A LoRA base graph and an adapter for timing the per-object design: the backbone with the
+    `quick` preset's LoRA, fresh (B = 0: the adapter's values do not change a run's time)."""
+    from ..export.ort_lora import export_lora_adapter, export_lora_base
+    from ..server_side.backbones import BackboneSource
+    from ..server_side.contrastive import add_lora, get_preset
+
+    source = BackboneSource.given(backbone)
+    add_lora(source.build(), get_preset("quick")).save_pretrained(str(folder / "peft"))
+    export_lora_base(source, folder / "peft", folder / "lora_base.onnx", size)
+    export_lora_adapter(source, folder / "peft", folder / "lora_base.onnx", folder / "object.onnx_adapter")
+    return folder
 
 
 def run_variants_bench(backbones: list[str], repeats: int, out: Path, random_init: bool = False,

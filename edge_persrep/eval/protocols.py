@@ -94,14 +94,19 @@ SINGLE_KINDS = ("photo", "crop", "occlude")  # show one subject only: retrieval 
 
 @dataclass(frozen=True)
 class IdentitySplit:
-    """For one target: the subjects training may see (negatives, enrolment calibration) and the
+    """For one target (or a group of them): the subjects training may see (negatives, enrolment calibration) and the
     ones only the test shows (distractors, retrieval gallery). A user's model never meets the
     neighbour's dog in training; neither does the benchmark's."""
 
-    target: str
+    target: str  # the target's name, or a group's (then `members` names its subjects)
     seen: tuple[str, ...]
     unseen: tuple[str, ...]
     note: str = ""
+    members: tuple[str, ...] = ()  # a group of the user's own things (one joint run): every one is a target
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.members or (self.target,)
 
 
 def lookalike_targets(subjects: dict[str, Subject]) -> list[str]:
@@ -115,17 +120,28 @@ def lookalike_targets(subjects: dict[str, Subject]) -> list[str]:
 def identity_split(subjects: dict[str, Subject], target: str, seed: int = PROTOCOL_SEED) -> IdentitySplit:
     """Same-category subjects are halved (seen / unseen, at least one unseen), other categories
     too; with a single same-category look-alike it is unseen and training sees other categories only."""
-    rng = random.Random(f"{seed}:{target}")
-    category = subjects[target].category
-    same = sorted(n for n, s in subjects.items() if s.category == category and n != target)
+    return group_split(subjects, target, (target,), seed)
+
+
+def group_split(subjects: dict[str, Subject], name: str, members: Sequence[str],
+                seed: int = PROTOCOL_SEED) -> IdentitySplit:
+    """identity_split for a user's group of things of one category (e.g. their three dogs): the
+    subjects outside the group are halved as for one target; the members are every one a target
+    (and each other's look-alikes)."""
+    rng = random.Random(f"{seed}:{name}")
+    categories = {subjects[m].category for m in members}
+    if len(categories) != 1:
+        raise ValueError(f"group {name}: members of one category only, got {sorted(categories)}")
+    (category,) = categories
+    same = sorted(n for n, s in subjects.items() if s.category == category and n not in members)
     other = sorted(n for n, s in subjects.items() if s.category != category)
     rng.shuffle(same)
     rng.shuffle(other)
     k = len(same) // 2
-    note = "" if k else (f"only {len(same)} other {category}: it is a test distractor, so training negatives "
-                         "come from other categories only")
+    note = "" if k else (f"only {len(same)} other {category}: training negatives come from other categories only")
     half = len(other) // 2
-    return IdentitySplit(target, tuple(sorted(same[:k] + other[:half])), tuple(sorted(same[k:] + other[half:])), note)
+    return IdentitySplit(name, tuple(sorted(same[:k] + other[:half])), tuple(sorted(same[k:] + other[half:])), note,
+                         tuple(members) if len(members) > 1 or members[0] != name else ())
 
 
 def disjoint_test_set(subjects: dict[str, Subject], split: IdentitySplit, n_refs: int = 3,
@@ -135,13 +151,13 @@ def disjoint_test_set(subjects: dict[str, Subject], split: IdentitySplit, n_refs
     photo, and 2x2 / 3x3 scenes where the other cells show unseen subjects, same category first.
     `boxes` gives where the photo's subject is (the whole frame for photo/crop/occlude)."""
     rng = random.Random(f"{seed}:{split.target}:test")
-    names = (split.target,) + split.unseen
+    names = split.targets + split.unseen
     held = {n: [load_image(p) for p in subjects[n].photos[n_refs:]] for n in names}
     out: list[TestImage] = []
     for name in names:
         category = subjects[name].category
-        same = [n for n in names if n != name and n != split.target and subjects[n].category == category and held[n]]
-        other = [n for n in names if n != split.target and subjects[n].category != category and held[n]]
+        same = [n for n in split.unseen if n != name and subjects[n].category == category and held[n]]
+        other = [n for n in split.unseen if subjects[n].category != category and held[n]]
         for k, photo in enumerate(held[name]):
             source = f"{name}/{subjects[name].photos[n_refs + k].name}"
             whole = {name: (0, 0, SIDE, SIDE)}
@@ -174,6 +190,14 @@ def disjoint_test_set(subjects: dict[str, Subject], split: IdentitySplit, n_refs
                          for i, c in enumerate(cells)}
                 out.append(TestImage(compose_grid(images, n, SIDE), set(cells), f"scene{n}x{n}", source, boxes))
     return out
+
+
+def seen_negatives(subjects: dict[str, Subject], split: IdentitySplit, folder: Path, n_refs: int = 3) -> Path:
+    """The `--negatives` folder of a split: the seen subjects' reference photos, all `n_refs` of each
+    one of the targets' category, the first of each other one."""
+    category = subjects[split.targets[0]].category
+    return write_negatives(folder, {n: subjects[n].photos[:n_refs if subjects[n].category == category else 1]
+                                    for n in split.seen})
 
 
 def write_negatives(folder: Path, photos: dict[str, Sequence[Path]]) -> Path:

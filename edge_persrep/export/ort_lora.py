@@ -90,16 +90,3 @@ def export_lora_adapter(base: BackboneSource, adapter_dir: Path, base_path: Path
     adapter.set_parameters({n: ort.OrtValue.ortvalue_from_numpy(params[n]) for n in sorted(expected)})
     adapter.export_adapter(str(out))
     return {"parameters": len(expected), "bytes": out.stat().st_size}
-
-
-def run_with_adapter(session, adapter_path: Path | None, batch: np.ndarray):
-    import onnxruntime as ort
-
-    options = ort.RunOptions()
-    if adapter_path is not None:
-        adapter = ort.LoraAdapter()
-        adapter.Load(str(adapter_path))
-        options.add_active_adapter(adapter)
-    return session.run(["embedding", "patch_grid"], {"image": batch}, options)
-
-

@@ -16,7 +16,8 @@ RUN/
 Training: each batch row draws an object, then its anchor and a positive; the InfoNCE negatives
 are the shared same-category negatives and the other objects' positives in the batch
 (contrastive.info_nce `owners`), so the user's two dogs are told apart from each other and from
-other dogs. Enrolment calibrates each object against the negatives and the other objects' photos.
+other dogs. Enrolment calibrates each object against the negatives and all the other objects' photos
+(Finder.enroll_all).
 """
 
 from __future__ import annotations
@@ -141,10 +142,8 @@ def _generation(request: JointRequest, generation: int, start_from: Path | None,
     staging = request.out / f".bundle-{generation}"  # 4: export and enrol beside the live bundle
     shutil.rmtree(staging, ignore_errors=True)
     export_bundle(model, staging, prepared[0].reference, summary, force=True)
-    finder = Finder.open(staging)
-    for obj, ready, d in zip(request.objects, prepared, data):
-        finder.enroll(obj.name, [load_image(p) for p in ready.reference], obj.category,
-                      negatives=[load_image(p) for p in d.enrolment_negatives])
+    Finder.open(staging).enroll_all([(obj.name, ready.reference, obj.category, d.enrolment_negatives)
+                                     for obj, ready, d in zip(request.objects, prepared, data)])
     swap_into_place(staging, request.out / "bundle")
     atomic_write_json(request.out / JOINT_FILE, {  # the commit point: it names the bundle just swapped in
         "objects": _objects_record(request.objects), "generation": generation,

@@ -15,7 +15,7 @@ from ..runtime.errors import EdgePersrepError
 from ..runtime.images import list_images, load_image, refuse_duplicates
 from ..server_side import synth
 from ..server_side.backbones import BackboneSource
-from ..server_side.contrastive import TrainConfig, get_preset
+from ..server_side.contrastive import TrainConfig, check_precision, get_preset
 from ..server_side.options import CALIBRATE_ON, DEFAULT_BACKBONE, DEFAULT_PRESET, DEFAULT_SYNTH
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class PersonalizeRequest:
     positives: int | None = None  # None: 450 for the Stable Diffusion methods, else the preset's
     preset: str = DEFAULT_PRESET
     steps: int | None = None  # overrides the preset's number of training steps
+    train_precision: str | None = None  # overrides the preset's (contrastive.TRAIN_PRECISIONS)
     device: str = "auto"
     seed: int = 0
     force: bool = False  # start a run with other settings over, or write into a non-run folder
@@ -89,6 +90,7 @@ class PersonalizeRequest:
             raise EdgePersrepError("no negatives: pass --negatives DIR (photos of other objects of the same "
                                    "category) or --others BUNDLE (objects already enrolled)")
         train_config = self._train_config()
+        check_precision(train_config.precision, device)
         diffusion = self._diffusion(device)
         if diffusion is not None:
             from ..server_side.synth.personalized_generation import check_request
@@ -110,6 +112,8 @@ class PersonalizeRequest:
         config = get_preset(self.preset, seed=self.seed)
         if self.steps is not None:
             config = replace(config, triplets=self.steps * config.batch_size, epochs=1)
+        if self.train_precision is not None:
+            config = replace(config, precision=self.train_precision)
         positives = self.positives
         if positives is None and self.generates_with_diffusion:
             positives = DIFFUSION_POSITIVES

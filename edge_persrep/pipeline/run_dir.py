@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +26,7 @@ from ..runtime.errors import EdgePersrepError
 from ..runtime.files import atomic_write_bytes, atomic_write_json
 from ..runtime.finder import Finder
 from ..runtime.images import input_batch, load_image
+from ..server_side.contrastive import TrainConfig
 from ..server_side.negatives import generated_holdout
 
 COPY_SIDE = 768  # photos copied into the run directory are downscaled to this long side
@@ -36,6 +38,15 @@ RESUME_KEYS = ("name", "backbone", "weights_sha256", "synth", "calibrate_on", "p
 def same_json(a, b) -> bool:
     """Equal as they read back from JSON (tuples are lists there, dict order does not count)."""
     return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
+def with_new_defaults(key: str, value):
+    """A recorded setting as this version writes it: a train_config recorded before a field existed
+    ran with that field's default (e.g. `precision`, added later: fp32), so it is filled in and the
+    run still resumes."""
+    if key == "train_config" and isinstance(value, dict):
+        return {**{f.name: f.default for f in fields(TrainConfig)}, **value}
+    return value
 
 
 def copy_name(index: int, path: Path) -> str:
@@ -91,7 +102,7 @@ class RunDir:
         if not self.run_json.is_file():
             return
         old = self.read()
-        changed = [k for k in RESUME_KEYS if not same_json(old.get(k), record[k])]
+        changed = [k for k in RESUME_KEYS if not same_json(with_new_defaults(k, old.get(k)), record[k])]
         if not changed:
             return
         if not force:

@@ -153,6 +153,11 @@ class Bundle:
             self._session = make_session(self.model_path, fp16=self.fp16_tolerated)
         return self._session
 
+    def use_session(self, session) -> None:
+        """Run the model through another session-like object (e.g. adapters.AdapterSession: a LoRA
+        base graph with this object's adapter active) instead of loading model.onnx."""
+        self._session = session
+
     @property
     def provider(self) -> str:
         """The execution provider that runs the model (the first of the session's)."""

@@ -31,6 +31,7 @@ from .files import locked
 from .images import compose_grid, load_image, resize_to_input
 from .metrics import balanced_accuracy_by_cut
 from .store import SCORING_RULES, Prototype, PrototypeStore
+from .threads import one_blas_thread
 from .video import FrameResult, Smoothing
 from .video import stream as stream_frames
 
@@ -178,6 +179,7 @@ class Finder:
             self._matrix_key = key
         return self._matrix
 
+    @one_blas_thread()
     def classify(self, features: ImageFeatures, names: Sequence[str] | None = None) -> list[Match]:
         """Each object's global, region and combined score, and `present` at its threshold."""
         chosen = self._objects(names)
@@ -197,6 +199,7 @@ class Finder:
             match_of[p.name] = Match(p.name, score, score >= p.threshold, g, r, box)
         return [match_of[p.name] for p in chosen]
 
+    @one_blas_thread()
     def locate(self, features: ImageFeatures, match: Match, with_mask: bool) -> Match:
         """Fill `match.box`, `match.box_score` (and `match.mask`) from the patch-similarity map."""
         p = self.store.objects[match.name]
@@ -259,10 +262,12 @@ class Finder:
     # --- enrolment ----------------------------------------------------------------------------
     def make_prototype(self, name: str, photos: Sequence[str | os.PathLike | Image.Image], category: str = "",
                        negatives: Sequence[str | os.PathLike | Image.Image] = (),
-                       masks: Sequence[np.ndarray] | None = None, scoring: str = "region") -> Prototype:
+                       masks: Sequence[np.ndarray] | None = None, scoring: str = "region",
+                       others: Sequence[Image.Image] | None = None) -> Prototype:
         """Embed reference photos and take their object patches from `masks` (bool, photo-sized)
         or, without masks, find them (dense.foreground_patches). The threshold is calibrated
-        against `negatives` and every object already in the store (see the module docstring)."""
+        against `negatives` and the photos of the user's other objects: `others`, or by default
+        every other object already in the store (see the module docstring)."""
         images, negative_images = _as_images(photos), _as_images(negatives)
         feats, neg_feats = self.embed(images), self.embed(negative_images)
         c = self.bundle.layout.grid_dim
@@ -273,7 +278,9 @@ class Finder:
             x0, y0, x1, y1 = dense.mask_box(m)
             box_features.append(dense.l2_normalize(f.grid[y0:y1, x0:x1].reshape(-1, c).mean(axis=0)))
         embeddings, box_features = np.stack([f.embedding for f in feats]), np.stack(box_features)
-        others = [im for other in self.store.objects.values() if other.name != name for im in stored_photos(other)]
+        if others is None:
+            others = [im for other in self.store.objects.values() if other.name != name for im in stored_photos(other)]
+        others = list(others)
         if scoring not in SCORING_RULES:
             raise EdgePersrepError(f"unknown scoring '{scoring}': use {' or '.join(SCORING_RULES)}")
         positives, negatives_scores = self._calibration_scores(images, feats, embeddings, box_features,
@@ -309,13 +316,33 @@ class Finder:
                masks: Sequence[np.ndarray] | None = None) -> Prototype:
         """Make a prototype and add it to the bundle's store on disk (locked read-modify-write)."""
         prototype = self.make_prototype(name, photos, category, negatives, masks)
+        self._save([prototype])
+        return prototype
+
+    def enroll_all(self, objects: Sequence[tuple[str, Sequence[str | os.PathLike | Image.Image], str,
+                                                 Sequence[str | os.PathLike | Image.Image]]]) -> list[Prototype]:
+        """Enrol several objects, each (name, photos, category, negatives), at once: each is
+        calibrated against its negatives and *every* other object (given or already stored), then
+        the store is saved once. One `enroll` after another would calibrate the first object
+        without the later ones, so a frame of the user's second dog could be called the first."""
+        photos_of = {name: _as_images(photos) for name, photos, _, _ in objects}
+        stored = {o.name: stored_photos(o) for o in self.store.objects.values() if o.name not in photos_of}
+        everyone = {**stored, **{name: [_as_stored(im) for im in ims] for name, ims in photos_of.items()}}
+        prototypes = [self.make_prototype(name, photos_of[name], category, negatives,
+                                          others=[im for other, ims in everyone.items() if other != name for im in ims])
+                      for name, _, category, negatives in objects]
+        self._save(prototypes)
+        return prototypes
+
+    def _save(self, prototypes: Sequence[Prototype]) -> None:
+        """Add prototypes to the bundle's store on disk (locked read-modify-write, atomic save)."""
         path = self.bundle.store_path
         with locked(path):
             if path.exists():
                 self.store = PrototypeStore.load(path, self.bundle.model_sha256)
-            self.store.add(prototype)
+            for prototype in prototypes:
+                self.store.add(prototype)
             self.store.save(path)
-        return prototype
 
 
 def combined_score(global_score: float, region_score: float, scoring: str = "region") -> float:
@@ -354,6 +381,11 @@ def _jpeg(image: Image.Image) -> bytes:
 
 def stored_photos(prototype: Prototype) -> list[Image.Image]:
     return [Image.open(io.BytesIO(b)).convert("RGB") for b in prototype.photos]
+
+
+def _as_stored(image: Image.Image) -> Image.Image:
+    """A photo as the store will keep it (downscaled JPEG): what later enrolments calibrate on."""
+    return Image.open(io.BytesIO(_jpeg(image))).convert("RGB")
 
 
 TINTS = ((255, 40, 40), (40, 110, 255), (40, 220, 60))  # red, blue, green: the mask takes the one

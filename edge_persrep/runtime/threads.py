@@ -11,13 +11,18 @@ So:
   imported after edge_persrep). Alone it costs 10-20% (waking threads between small parallel
   regions); `OMP_WAIT_POLICY=` (empty) in the environment keeps libgomp's default.
 - ONNX Runtime sessions never spin (bundle.SESSION_CONFIG).
+- A frame's scoring (Finder.classify / locate) runs its matrix products on one BLAS thread
+  (`one_blas_thread`): numpy's OpenBLAS otherwise wakes a second thread for products this small,
+  which then spins and takes a core from the next model run (README, "Latency").
 - `set_threads(n)` (the CLI's --threads) caps all of them, e.g. to leave cores to other work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import Iterator
 
 _threads: int | None = None
 
@@ -48,3 +53,18 @@ def settings() -> dict:
     torch = sys.modules.get("torch")
     return {"threads": _threads or "default", "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
             **({"torch_threads": torch.get_num_threads()} if torch is not None else {})}
+
+
+_blas = None  # threadpoolctl's view of the BLAS libraries loaded (numpy's), found on first use
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Numpy's BLAS on one thread inside the block (about 4 us to enter and leave), as it was after."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas")
+    with _blas.limit(limits=1):
+        yield

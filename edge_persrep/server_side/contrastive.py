@@ -42,6 +42,7 @@ from ..runtime.files import atomic_write_json
 from ..runtime.images import load_image
 from .backbones import Backbone
 from .checkpoints import Checkpoints
+from .options import TRAIN_PRECISIONS
 from .transforms import paper_augment
 
 
@@ -62,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50  # steps between checkpoints: a killed run resumes from the last one
     positives: int = 450  # synthetic positives to generate (paper: ~450)
+    precision: str = "fp32"  # "bf16": the trained layers' forward under bf16 autocast (TRAIN_PRECISIONS)
 
     @property
     def steps(self) -> int:
@@ -244,6 +246,7 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     if owners is not None and positive_boxes is not None and any(b is not None for b in positive_boxes):
         raise EdgePersrepError("in-context positives (--synth context) train one object at a time; "
                                "use --synth augment for a joint run")
+    check_precision(config.precision, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -271,8 +274,13 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     framed_views = FramedViews(backbone, *zip(*framed), dev) if framed else None
     image_hw = (backbone.spec.preprocess.train_size,) * 2
 
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
     def embed(trunk_features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(backbone.head(trunk_features, image_hw)[0], dim=1)
+        with autocast():
+            features = backbone.head(trunk_features, image_hw)[0]
+        return F.normalize(features.float(), dim=1)
 
     if framed_views is not None:
         with torch.no_grad():
@@ -281,7 +289,9 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     def in_context(k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """k in-context positives pooled inside their boxes, and outside them (negatives)."""
         trunk_features, cells = framed_views.sample([rng.randrange(len(framed_views)) for _ in range(k)], grid_hw)
-        return pool_inside_and_outside(backbone.head(trunk_features, image_hw)[1], cells.to(dev))
+        with autocast():
+            grid = backbone.head(trunk_features, image_hw)[1]
+        return pool_inside_and_outside(grid.float(), cells.to(dev))
 
     if owners is not None:  # per object, the cached rows of its anchors and of its positives
         objects = sorted(set(owners[0]))
@@ -333,6 +343,16 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
                **({"continued_from": str(start_from)} if start_from is not None else {})}
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def check_precision(precision: str, device: str) -> None:
+    """bf16 only where the hardware computes it (a CPU with AVX512-BF16, or a GPU): elsewhere torch
+    emulates it, slower than fp32."""
+    if precision not in TRAIN_PRECISIONS:
+        raise EdgePersrepError(f"training precision '{precision}': use {' or '.join(TRAIN_PRECISIONS)}")
+    if precision == "bf16" and torch.device(device).type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+        raise EdgePersrepError("--train-precision bf16: this CPU has no native bf16 (AVX512-BF16), where it would "
+                               "be slower than fp32; use fp32")
 
 
 def _continue_lora(backbone: Backbone, adapter_dir: Path):

@@ -1,0 +1,205 @@
+"""A user's several things: one joint model for the group against one model per object.
+
+For each group of one category (default: three dogs, the two cats, the two sneakers, three toys)
+the identity-disjoint protocol of benchmarks/personalization.py is applied to the group
+(eval/protocols.group_split): the subjects outside the group are split into *seen* (the training
+and calibration negatives) and *unseen* (the only distractors in the test). Every member is a
+target: the test (disjoint_test_set) holds each member's held-out photos, crops, occlusions, small
+and in 2x2 / 3x3 scenes among unseen look-alikes, and the unseen subjects' own. A member's photos are
+test images for the other members too: that is where confusion between the user's own things shows.
+
+Three systems, each enrolling every member from its first 3 photos with the seen negatives:
+    pretrained   Lite0, one bundle, the members enrolled together (Finder.enroll_all)
+    per-object   one `personalize` run per member (what a user did before joint runs): N bundles,
+                 each answering for its own member, N model runs per frame
+    joint        one `personalize --object A=... --object B=...` run: one bundle, one model run
+
+Reported per member and system: eval/target_metrics (present bAcc / F1 at the calibrated threshold,
+AP, pointing, box IoU, retrieval top-1 among the members and unseen subjects), and
+    confused_with   on images showing only another member B (photo, crop, occlusion): the share
+                    where this member is judged present
+per group and system: `correct_id` (images showing exactly one member, alone: that member and no
+other is present), `none_rejected` (images showing no member: no member present), and the
+training time (the joint run against the sum of the per-object runs).
+
+    python benchmarks/joint.py --data ../shared/data/dreambooth --out runs/bench-joint
+    python benchmarks/joint.py ... --groups cats=cat,cat2 --seeds 0 --steps 20      (small, fast)
+Prints tables and writes OUT/joint.json after every group. Runs resume (one run directory per
+member or group and seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_persrep.eval.datasets import load_dreambooth
+from edge_persrep.eval.protocols import SINGLE_KINDS, disjoint_test_set, group_split, seen_negatives
+from edge_persrep.eval.target_metrics import retrieval_gallery, target_metrics
+from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained, personalize
+from edge_persrep.pipeline.joint import JointObject, JointRequest, personalize_joint
+from edge_persrep.runtime import Finder
+from edge_persrep.runtime.files import atomic_write_json
+from edge_persrep.server_side.contrastive import get_preset
+
+GROUPS = {"dogs": ("dog", "dog2", "dog3"), "cats": ("cat", "cat2"),
+          "sneakers": ("colorful_sneaker", "shiny_sneaker"), "toys": ("duck_toy", "monster_toy", "robot_toy")}
+METRICS = ("ap", "present_bacc", "present_f1", "pointing", "box_iou", "retrieval_top1", "confused_with_max")
+SYSTEMS = ("pretrained", "per-object", "joint")
+
+
+def references(subjects, name: str, folder: Path) -> Path:
+    """A folder holding the subject's first 3 photos (what a joint run's --object NAME=DIR points at)."""
+    if not folder.is_dir():
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for p in subjects[name].photos[:3]:
+            shutil.copy(p, tmp / p.name)
+        tmp.rename(folder)
+    return folder
+
+
+def score_system(finders: dict[str, Finder], members, subjects, split, test) -> dict:
+    """Every member's metrics and the group's decisions. `finders`: member -> the Finder answering
+    for it (one shared Finder for pretrained / joint, each member's own for per-object)."""
+    feats_of, matches_of = {}, {}
+    for finder in {id(f): f for f in finders.values()}.values():
+        feats = finder.embed([t.image for t in test])  # one model run per image and finder
+        names = [m for m in members if finders[m] is finder]
+        for m in names:
+            feats_of[m] = feats
+        for f in feats:
+            for match in finder.classify(f, names):
+                matches_of.setdefault(match.name, []).append(match)
+    photos_of = {n: subjects[n].photos[:3] for n in tuple(members) + split.unseen}
+    rows = {}
+    for m in members:
+        gallery, owner = retrieval_gallery(finders[m], photos_of)
+        row = target_metrics(finders[m], m, test, feats_of[m], matches_of[m], gallery, owner)
+        row["confused_with"] = {}
+        for other in members:
+            if other != m:
+                alone = [k for k, t in enumerate(test) if t.subjects == {other} and t.kind in SINGLE_KINDS]
+                row["confused_with"][other] = float(np.mean([matches_of[m][k].present for k in alone]))
+        row["confused_with_max"] = max(row["confused_with"].values())
+        rows[m] = row
+    present = np.array([[matches_of[m][k].present for m in members] for k in range(len(test))])  # [images, members]
+    alone = [k for k, t in enumerate(test) if t.kind in SINGLE_KINDS and len(t.subjects & set(members)) == 1]
+    shown = [[m in test[k].subjects for m in members] for k in alone]
+    none = [k for k, t in enumerate(test) if not t.subjects & set(members)]
+    return {"members": rows,
+            "correct_id": float(np.mean([(present[k] == s).all() for k, s in zip(alone, shown)])),
+            "none_rejected": float(np.mean([not present[k].any() for k in none])),
+            "n_alone": len(alone), "n_none": len(none)}
+
+
+def pretrained_bundle(pretrained: Path, folder: Path, members, subjects, negatives: list[Path]) -> Finder:
+    """A copy of the pretrained bundle with the members enrolled together (Finder.enroll_all) from
+    their first 3 photos (kept, so a rerun reuses it)."""
+    if not folder.is_dir():
+        shutil.copytree(pretrained, folder)
+    finder = Finder.open(folder)
+    if set(finder.store.objects) != set(members):
+        finder.enroll_all([(m, subjects[m].photos[:3], subjects[m].category, negatives) for m in members])
+    return finder
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="the DreamBooth dataset folder")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-joint"))
+    ap.add_argument("--groups", help="NAME=A,B[,C];NAME2=... (default: dogs, cats, sneakers, toys)")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--synth", default="augment")
+    ap.add_argument("--steps", type=int, help="override the preset's training steps")
+    ap.add_argument("--seeds", default="1", help="training seeds")
+    ap.add_argument("--joint-steps", choices=["preset", "per-object"], default="preset",
+                    help="a joint run's training steps: the preset's (as one object's run), or that times the "
+                         "number of objects (each object gets as many anchor rows as in its own run)")
+    args = ap.parse_args(argv)
+
+    subjects = load_dreambooth(args.data)
+    groups = (dict((g.split("=")[0], tuple(g.split("=")[1].split(","))) for g in args.groups.split(";"))
+              if args.groups else GROUPS)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    pretrained = args.out / "pretrained"
+    if not (pretrained / "bundle.json").is_file():
+        export_pretrained("efficientnet_lite0", pretrained, force=True)
+    report = {"protocol": "identity-disjoint, per group", "preset": args.preset, "synth": args.synth,
+              "steps": args.steps, "joint_steps": args.joint_steps, "seeds": seeds, "groups": {}}
+    for group, members in groups.items():
+        split = group_split(subjects, group, members)
+        test = disjoint_test_set(subjects, split)
+        negatives = seen_negatives(subjects, split, args.out / "negatives" / group)
+        seen = sorted(negatives.iterdir())
+        entry = {"members": list(members), "seen": list(split.seen), "unseen": list(split.unseen),
+                 "note": split.note, "n_test": len(test), "seeds": {}}
+        base = pretrained_bundle(pretrained, args.out / "runs" / group / "pretrained", members, subjects, seen)
+        entry["pretrained"] = score_system(dict.fromkeys(members, base), members, subjects, split, test)
+        for seed in seeds:
+            runs, seconds = {}, {}
+            for m in members:
+                started = time.time()
+                bundle = personalize(PersonalizeRequest(
+                    subjects[m].photos[:3], m, subjects[m].category, args.out / "runs" / group / f"{m}-seed{seed}",
+                    negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
+                    device="cpu"))
+                seconds[m] = round(time.time() - started, 1)
+                runs[m] = Finder.open(bundle)
+            started = time.time()
+            steps = (args.steps or get_preset(args.preset).steps) * len(members) \
+                if args.joint_steps == "per-object" else args.steps
+            suffix = "" if args.joint_steps == "preset" else f"-{args.joint_steps}-steps"
+            joint_bundle = personalize_joint(JointRequest(
+                [JointObject(m, references(subjects, m, args.out / "references" / m), subjects[m].category)
+                 for m in members], args.out / "runs" / group / f"joint{suffix}-seed{seed}", negatives=[negatives],
+                synth_method=args.synth, preset=args.preset, steps=steps, seed=seed, device="cpu"))
+            joint_seconds = round(time.time() - started, 1)
+            joint_record = json.loads((joint_bundle.parent / "joint.json").read_text())
+            per_object_training = [RunDir(runs[m].bundle.root.parent).training_summary() or {} for m in members]
+            joint = Finder.open(joint_bundle)
+            entry["seeds"][str(seed)] = {
+                "per-object": score_system(runs, members, subjects, split, test),
+                "joint": score_system(dict.fromkeys(members, joint), members, subjects, split, test),
+                "seconds": {"per-object": seconds, "joint": joint_seconds,
+                            "per-object_training": [t.get("seconds") for t in per_object_training],
+                            "joint_training": joint_record["training"].get("seconds")}}
+        report["groups"][group] = entry
+        atomic_write_json(args.out / "joint.json", report)
+        print_group(group, entry, seeds)
+    print(f"\nwrote {args.out / 'joint.json'}")
+    return 0
+
+
+def print_group(group: str, entry: dict, seeds: list[int]) -> None:
+    print(f"\n## {group}: {', '.join(entry['members'])} (seen {len(entry['seen'])}, unseen {len(entry['unseen'])}, "
+          f"{entry['n_test']} test images) {entry['note']}")
+    print("| member | system | " + " | ".join(METRICS) + " |")
+    print("|" + "---|" * (len(METRICS) + 2))
+    for m in entry["members"]:
+        systems = [("pretrained", [entry["pretrained"]])] + [
+            (s, [entry["seeds"][str(sd)][s] for sd in seeds]) for s in SYSTEMS[1:]]
+        for name, results in systems:
+            if results:
+                cells = [f"{np.mean([r['members'][m][k] for r in results]):.3f}" for k in METRICS]
+                print(f"| {m} | {name} | " + " | ".join(cells) + " |")
+    for name in SYSTEMS:
+        results = [entry["pretrained"]] if name == "pretrained" else [entry["seeds"][str(sd)][name] for sd in seeds]
+        if results:
+            print(f"{name}: correct_id {np.mean([r['correct_id'] for r in results]):.3f}, "
+                  f"none_rejected {np.mean([r['none_rejected'] for r in results]):.3f}")
+    for sd in seeds:
+        s = entry["seeds"][str(sd)]["seconds"]
+        print(f"seed {sd}: per-object runs {sum(s['per-object'].values()):.0f} s in all, joint run {s['joint']:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
