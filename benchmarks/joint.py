@@ -40,7 +40,13 @@ from pathlib import Path
 import numpy as np
 
 from edge_persrep.eval.datasets import load_dreambooth
-from edge_persrep.eval.protocols import SINGLE_KINDS, disjoint_test_set, group_split, seen_negatives
+from edge_persrep.eval.protocols import (
+    SINGLE_KINDS,
+    disjoint_test_set,
+    group_split,
+    reference_folder,
+    seen_negatives,
+)
 from edge_persrep.eval.target_metrics import retrieval_gallery, target_metrics
 from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained, personalize
 from edge_persrep.pipeline.joint import JointObject, JointRequest, personalize_joint
@@ -52,18 +58,6 @@ GROUPS = {"dogs": ("dog", "dog2", "dog3"), "cats": ("cat", "cat2"),
           "sneakers": ("colorful_sneaker", "shiny_sneaker"), "toys": ("duck_toy", "monster_toy", "robot_toy")}
 METRICS = ("ap", "present_bacc", "present_f1", "pointing", "box_iou", "retrieval_top1", "confused_with_max")
 SYSTEMS = ("pretrained", "per-object", "joint")
-
-
-def references(subjects, name: str, folder: Path) -> Path:
-    """A folder holding the subject's first 3 photos (what a joint run's --object NAME=DIR points at)."""
-    if not folder.is_dir():
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for p in subjects[name].photos[:3]:
-            shutil.copy(p, tmp / p.name)
-        tmp.rename(folder)
-    return folder
 
 
 def score_system(finders: dict[str, Finder], members, subjects, split, test) -> dict:
@@ -79,15 +73,13 @@ def score_system(finders: dict[str, Finder], members, subjects, split, test) -> 
             for match in finder.classify(f, names):
                 matches_of.setdefault(match.name, []).append(match)
     photos_of = {n: subjects[n].photos[:3] for n in tuple(members) + split.unseen}
+    shows_only = {m: [k for k, t in enumerate(test) if t.subjects == {m} and t.kind in SINGLE_KINDS] for m in members}
     rows = {}
     for m in members:
         gallery, owner = retrieval_gallery(finders[m], photos_of)
         row = target_metrics(finders[m], m, test, feats_of[m], matches_of[m], gallery, owner)
-        row["confused_with"] = {}
-        for other in members:
-            if other != m:
-                alone = [k for k, t in enumerate(test) if t.subjects == {other} and t.kind in SINGLE_KINDS]
-                row["confused_with"][other] = float(np.mean([matches_of[m][k].present for k in alone]))
+        row["confused_with"] = {other: float(np.mean([matches_of[m][k].present for k in shows_only[other]]))
+                                for other in members if other != m}
         row["confused_with_max"] = max(row["confused_with"].values())
         rows[m] = row
     present = np.array([[matches_of[m][k].present for m in members] for k in range(len(test))])  # [images, members]
@@ -159,7 +151,7 @@ def main(argv=None) -> int:
                 if args.joint_steps == "per-object" else args.steps
             suffix = "" if args.joint_steps == "preset" else f"-{args.joint_steps}-steps"
             joint_bundle = personalize_joint(JointRequest(
-                [JointObject(m, references(subjects, m, args.out / "references" / m), subjects[m].category)
+                [JointObject(m, reference_folder(subjects, m, args.out / "references" / m), subjects[m].category)
                  for m in members], args.out / "runs" / group / f"joint{suffix}-seed{seed}", negatives=[negatives],
                 synth_method=args.synth, preset=args.preset, steps=steps, seed=seed, device="cpu"))
             joint_seconds = round(time.time() - started, 1)

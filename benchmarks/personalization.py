@@ -52,6 +52,7 @@ from edge_persrep.eval.target_metrics import present_metrics, retrieval_gallery,
 from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
 from edge_persrep.runtime.files import atomic_write_json
+from edge_persrep.server_side.options import TRAIN_PRECISIONS
 
 METRICS = ("present_bacc", "present_f1", "present_bacc_best", "ap", "ap_global", "present_bacc_global", "pointing",
            "box_iou", "retrieval_top1")
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--synth", default="augment", help="personalize --synth: augment | context | ...")
     ap.add_argument("--steps", type=int, help="override the preset's training steps")
-    ap.add_argument("--train-precision", default="fp32", choices=["fp32", "bf16"],
+    ap.add_argument("--train-precision", default="fp32", choices=TRAIN_PRECISIONS,
                     help="personalize --train-precision (bf16 runs go to their own folders)")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds of the personalized model ('' = pretrained only)")
     ap.add_argument("--calibrate-on", default="training", help="personalize --calibrate-on: training | held-out")

@@ -141,7 +141,7 @@ def group_split(subjects: dict[str, Subject], name: str, members: Sequence[str],
     note = "" if k else (f"only {len(same)} other {category}: training negatives come from other categories only")
     half = len(other) // 2
     return IdentitySplit(name, tuple(sorted(same[:k] + other[:half])), tuple(sorted(same[k:] + other[half:])), note,
-                         tuple(members) if len(members) > 1 or members[0] != name else ())
+                         tuple(members))
 
 
 def disjoint_test_set(subjects: dict[str, Subject], split: IdentitySplit, n_refs: int = 3,
@@ -202,13 +202,23 @@ def seen_negatives(subjects: dict[str, Subject], split: IdentitySplit, folder: P
 
 def write_negatives(folder: Path, photos: dict[str, Sequence[Path]]) -> Path:
     """A `--negatives` folder: each subject's photos copied as NAME_photo (how `personalize` knows
-    their identities), made complete or not at all (written beside, then renamed)."""
+    their identities), made complete or not at all."""
+    return _write_folder(folder, {f"{name}_{path.name}": path for name, paths in photos.items() for path in paths})
+
+
+def reference_folder(subjects: dict[str, Subject], name: str, folder: Path, n_refs: int = 3) -> Path:
+    """A folder of the subject's first `n_refs` photos (what `personalize --object NAME=DIR` points at)."""
+    return _write_folder(folder, {path.name: path for path in subjects[name].photos[:n_refs]})
+
+
+def _write_folder(folder: Path, files: dict[str, Path]) -> Path:
+    """Copy `files` (name in the folder -> source) into `folder`, complete or not at all (written
+    beside, then renamed); a folder already there is kept as it is."""
     if not folder.is_dir():
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name, paths in photos.items():
-            for path in paths:
-                shutil.copy(path, tmp / f"{name}_{path.name}")
+        for name, path in files.items():
+            shutil.copy(path, tmp / name)
         tmp.rename(folder)
     return folder
