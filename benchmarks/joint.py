@@ -52,7 +52,8 @@ from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained,
 from edge_persrep.pipeline.joint import JointObject, JointRequest, personalize_joint
 from edge_persrep.runtime import Finder
 from edge_persrep.runtime.files import atomic_write_json
-from edge_persrep.server_side.contrastive import get_preset
+from edge_persrep.server_side.contrastive import get_preset, resolve_precision
+from edge_persrep.server_side.options import TRAIN_PRECISION_CHOICES
 
 GROUPS = {"dogs": ("dog", "dog2", "dog3"), "cats": ("cat", "cat2"),
           "sneakers": ("colorful_sneaker", "shiny_sneaker"), "toys": ("duck_toy", "monster_toy", "robot_toy")}
@@ -112,10 +113,14 @@ def main(argv=None) -> int:
     ap.add_argument("--synth", default="augment")
     ap.add_argument("--steps", type=int, help="override the preset's training steps")
     ap.add_argument("--seeds", default="1", help="training seeds")
+    ap.add_argument("--train-precision", default="auto", choices=TRAIN_PRECISION_CHOICES,
+                    help="personalize --train-precision (the README's joint figures: fp32, --steps 160)")
     ap.add_argument("--joint-steps", choices=["preset", "per-object"], default="preset",
                     help="a joint run's training steps: the preset's (as one object's run), or that times the "
                          "number of objects (each object gets as many anchor rows as in its own run)")
     args = ap.parse_args(argv)
+    precision = resolve_precision(args.train_precision, "cpu")
+    tag = f"-{precision}-{args.steps or get_preset(args.preset).steps}steps"  # other settings, other runs
 
     subjects = load_dreambooth(args.data)
     groups = (dict((g.split("=")[0], tuple(g.split("=")[1].split(","))) for g in args.groups.split(";"))
@@ -126,7 +131,8 @@ def main(argv=None) -> int:
     if not (pretrained / "bundle.json").is_file():
         export_pretrained("efficientnet_lite0", pretrained, force=True)
     report = {"protocol": "identity-disjoint, per group", "preset": args.preset, "synth": args.synth,
-              "steps": args.steps, "joint_steps": args.joint_steps, "seeds": seeds, "groups": {}}
+              "steps": args.steps, "joint_steps": args.joint_steps, "train_precision": precision, "seeds": seeds,
+              "groups": {}}
     for group, members in groups.items():
         split = group_split(subjects, group, members)
         test = disjoint_test_set(subjects, split)
@@ -141,9 +147,9 @@ def main(argv=None) -> int:
             for m in members:
                 started = time.time()
                 bundle = personalize(PersonalizeRequest(
-                    subjects[m].photos[:3], m, subjects[m].category, args.out / "runs" / group / f"{m}-seed{seed}",
+                    subjects[m].photos[:3], m, subjects[m].category, args.out / "runs" / group / f"{m}-seed{seed}{tag}",
                     negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
-                    device="cpu"))
+                    device="cpu", train_precision=precision))
                 seconds[m] = round(time.time() - started, 1)
                 runs[m] = Finder.open(bundle)
             started = time.time()
@@ -152,8 +158,9 @@ def main(argv=None) -> int:
             suffix = "" if args.joint_steps == "preset" else f"-{args.joint_steps}-steps"
             joint_bundle = personalize_joint(JointRequest(
                 [JointObject(m, reference_folder(subjects, m, args.out / "references" / m), subjects[m].category)
-                 for m in members], args.out / "runs" / group / f"joint{suffix}-seed{seed}", negatives=[negatives],
-                synth_method=args.synth, preset=args.preset, steps=steps, seed=seed, device="cpu"))
+                 for m in members], args.out / "runs" / group / f"joint{suffix}-seed{seed}{tag}",
+                negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=steps, seed=seed,
+                device="cpu", train_precision=precision))
             joint_seconds = round(time.time() - started, 1)
             joint_record = json.loads((joint_bundle.parent / "joint.json").read_text())
             per_object_training = [RunDir(runs[m].bundle.root.parent).training_summary() or {} for m in members]

@@ -24,7 +24,7 @@ from .server_side.options import (
     FILTER_MODES,
     PATCH_THRESHOLD,
     SCHEDULER_STEPS,
-    TRAIN_PRECISIONS,
+    TRAIN_PRECISION_CHOICES,
 )
 
 BUNDLE_HELP = "a bundle folder, or a `personalize` run directory (its bundle/ is used)"
@@ -95,9 +95,10 @@ def _add_personalize(sub) -> None:
                    help="folder of background photos for cutpaste and context (default: the negatives)")
     p.add_argument("--preset", default=DEFAULT_PRESET, help="quick (CPU, minutes) | paper (the paper's recipe)")
     p.add_argument("--steps", type=int, help="override the preset's number of training steps")
-    p.add_argument("--train-precision", choices=TRAIN_PRECISIONS,
-                   help="fp32 (the presets') or bf16: the trained layers under bf16 autocast, about 0.74x the "
-                        "time of a step on a CPU with AVX512-BF16 (refused on CPUs without it)")
+    p.add_argument("--train-precision", choices=TRAIN_PRECISION_CHOICES,
+                   help="auto (default: bf16 on a CPU with AVX512-BF16, else fp32; the run records which), fp32, "
+                        "or bf16: the trained layers under bf16 autocast, about 0.74x the time of a step "
+                        "(refused on CPUs without native bf16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of synthesis and training (default 0)")
     p.add_argument("--force", action="store_true", help="write into a non-empty directory that is not a run")
@@ -309,8 +310,8 @@ def cmd_personalize(args) -> None:
                                  synth_method=args.synth, synth_data=args.synth_data, masks=args.masks,
                                  backgrounds=args.backgrounds, diffusion=_diffusion_options(args),
                                  positives=args.positives, preset=args.preset, steps=args.steps, device=args.device,
-                                 seed=args.seed, force=args.force, train_precision=args.train_precision,
-                                 **_given(args, calibrate_on="calibrate_on"))
+                                 seed=args.seed, force=args.force,
+                                 **_given(args, calibrate_on="calibrate_on", train_precision="train_precision"))
     bundle = personalize(request)
     print(personalize_summary(bundle, args.name))
 
@@ -328,7 +329,8 @@ def personalize_joint_command(args) -> None:
     else:
         objects = [parse_object(v, args.category or "") for v in args.object]
         bundle = personalize_joint(JointRequest(objects, args.out, args.negatives, args.backbone, args.synth,
-                                                args.preset, args.steps, args.seed, args.device))
+                                                args.preset, args.steps, args.seed, args.device,
+                                                **_given(args, train_precision="train_precision")))
     store = Finder.open(bundle).store
     print(f"joint bundle at {bundle}: " + ", ".join(f"'{p.name}' (present at >= {p.threshold:.3f})"
                                                     for p in store.objects.values()))

@@ -9,6 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+# `--train-precision auto` trains in bf16 on CPUs that compute it natively: the tests pin fp32, so
+# that every machine trains the same numbers (tests of bf16 ask for it by name)
+os.environ["EDGE_PERSREP_TRAIN_PRECISION"] = "fp32"
 
 
 @pytest.fixture(scope="session")

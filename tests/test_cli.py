@@ -226,10 +226,15 @@ def test_offline_flag_refuses_a_hub_backbone_with_what_to_do(tmp_path):
     assert out.returncode == 2 and "--weights FILE" in out.stderr and not (tmp_path / "b").exists()
 
 
-def test_a_run_recorded_before_a_training_setting_existed_still_resumes(personalized_run, examples, tmp_path):
+def test_a_run_recorded_before_a_training_setting_existed_still_resumes(personalized_run, examples, tmp_path,
+                                                                        monkeypatch):
     """A TrainConfig field added later (precision) is filled with its default on resume: the old run
-    is neither refused nor retrained."""
+    is neither refused nor retrained, also where `auto` would now choose bf16 for a new run."""
     import shutil
+
+    import torch
+
+    from edge_persrep.pipeline import PersonalizeRequest
 
     run = tmp_path / "run"
     shutil.copytree(personalized_run, run)
@@ -240,6 +245,14 @@ def test_a_run_recorded_before_a_training_setting_existed_still_resumes(personal
     run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", run,
             "--negatives", examples / "negatives", "--steps", "4", "--seed", "1")
     assert (run / "train" / "summary.json").read_bytes() == summary  # reused, not trained again
+    monkeypatch.setenv("EDGE_PERSREP_TRAIN_PRECISION", "bf16")  # a machine where auto means bf16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    request = PersonalizeRequest([examples / "dog"], "my_dog", "dog", run, negatives=[examples / "negatives"],
+                                 steps=4, seed=1, device="cpu")
+    assert request.plan().train_config.precision == "fp32"  # the run's own, so the same command resumes it
+    fresh = PersonalizeRequest([examples / "dog"], "my_dog", "dog", tmp_path / "new", device="cpu",
+                               negatives=[examples / "negatives"])
+    assert fresh.plan().train_config.precision == "bf16"
 
 
 def test_rerun_with_other_settings_is_refused_not_mixed(personalized_run, examples, tmp_path):

@@ -39,6 +39,10 @@ def test_one_lora_one_bundle_for_every_object(joint_run, examples):
     assert list(finder.store.objects) == ["my_dog", "dog2"]
     (features,) = finder.embed(list_images([examples / "dog_heldout"])[:1])
     assert [m.name for m in finder.find(features)] == ["my_dog", "dog2"]  # one model run, every object answered
+    stamps = {p.name: p.stat().st_mtime_ns for p in (run / "bundle").iterdir()}
+    run_cli("personalize", "--object", f"my_dog={examples / 'dog'}", "--object", f"dog2={joint_run[0].parent / 'dog2'}",
+            "--category", "dog", "--negatives", joint_run[2], "--out", run, "--steps", "4")
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "bundle").iterdir()} == stamps  # a rerun exports nothing
     again = run_cli("personalize", "--object", f"my_dog={examples / 'dog'}", "--object", "cat=/nonexistent",
                     "--category", "dog", "--out", run, check=False)
     assert again.returncode == 2 and "a joint run with other objects" in again.stderr

@@ -168,6 +168,30 @@ def test_bf16_is_refused_before_any_work_on_a_cpu_without_it(examples, tmp_path,
     assert not (tmp_path / "run").exists()
 
 
+def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(examples, tmp_path, monkeypatch):
+    """The default (`auto`) trains bf16 where the CPU has native bf16, fp32 on other CPUs and on
+    GPUs; the run records what was chosen; the environment variable pins it (as the tests do)."""
+    from edge_persrep.pipeline import PersonalizeRequest
+    from edge_persrep.runtime import EdgePersrepError
+    from edge_persrep.server_side.contrastive import AUTO_PRECISION_ENV, resolve_precision
+
+    monkeypatch.delenv(AUTO_PRECISION_ENV)
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        assert resolve_precision("auto", "cpu") == expected
+        assert resolve_precision("auto", "cuda") == "fp32"  # not measured on a GPU yet
+        request = PersonalizeRequest([examples / "dog"], "dog", "dog", tmp_path / "run",
+                                     negatives=[examples / "negatives"], device="cpu")
+        assert request.plan().train_config.precision == expected  # what run.json will record
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp32")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setenv(AUTO_PRECISION_ENV, "fp8")
+    with pytest.raises(EdgePersrepError, match=f"{AUTO_PRECISION_ENV}=fp8: use fp32 or bf16"):
+        resolve_precision("auto", "cpu")
+
+
 def test_killed_training_resumes_to_the_same_weights(examples, tmp_path, monkeypatch):
     from edge_persrep.runtime import list_images, load_image
     from edge_persrep.server_side import contrastive

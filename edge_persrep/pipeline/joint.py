@@ -39,7 +39,7 @@ from ..server_side.options import DEFAULT_BACKBONE, DEFAULT_PRESET, DEFAULT_SYNT
 from .bundles import export_bundle
 from .personalize import prepare, synthesise
 from .request import PersonalizeRequest
-from .run_dir import RunDir
+from .run_dir import RunDir, finished_bundle, finished_training
 
 JOINT_FILE = "joint.json"
 
@@ -73,12 +73,13 @@ class JointRequest:
     steps: int | None = None
     seed: int = 0
     device: str = "auto"
+    train_precision: str = "auto"  # options.TRAIN_PRECISION_CHOICES
 
     def for_object(self, obj: JointObject) -> PersonalizeRequest:
         return PersonalizeRequest([obj.photos], obj.name, obj.category, self.out / "objects" / obj.name,
                                   negatives=list(self.negatives), backbone=self.backbone,
                                   synth_method=self.synth_method, preset=self.preset, steps=self.steps,
-                                  seed=self.seed, device=self.device)
+                                  seed=self.seed, device=self.device, train_precision=self.train_precision)
 
 
 def personalize_joint(request: JointRequest) -> Path:
@@ -102,7 +103,7 @@ def add_object(run: Path, obj: JointObject, steps: int | None = None) -> Path:
     settings = joint["settings"]
     request = JointRequest(objects, run, [Path(p) for p in settings["negatives"]], settings["backbone"],
                            settings["synth_method"], settings["preset"], settings["steps"], settings["seed"],
-                           settings["device"])
+                           settings["device"], settings.get("train_precision", "fp32"))  # runs before it: fp32
     g = joint["generation"]
     return _generation(request, generation=g + 1, start_from=run / f"train-{g}" / "adapter", train_steps=steps)
 
@@ -125,7 +126,7 @@ def _generation(request: JointRequest, generation: int, start_from: Path | None,
         run.write(ready.record)
     model = prepared[0].model  # 3: one LoRA for all
     train_dir = request.out / f"train-{generation}"
-    if (train_dir / "summary.json").is_file() and (train_dir / "adapter" / "adapter_config.json").is_file():
+    if finished_training(train_dir):
         load_adapter(model, train_dir / "adapter")
         summary = json.loads((train_dir / "summary.json").read_text())
     else:
@@ -138,6 +139,9 @@ def _generation(request: JointRequest, generation: int, start_from: Path | None,
         summary = train(model, anchors, [p for d in data for p in d.positives], data[0].negatives, config, train_dir,
                         device=plans[0].device, owners=owners, start_from=start_from)
     summary = {**summary, "objects": [o.name for o in request.objects], "generation": generation}
+    if _committed(request.out, generation, request.objects) and finished_bundle(request.out / "bundle",
+                                                                                 summary["objects"], summary):
+        return request.out / "bundle"  # a rerun of a finished generation: nothing to export or enrol again
 
     staging = request.out / f".bundle-{generation}"  # 4: export and enrol beside the live bundle
     shutil.rmtree(staging, ignore_errors=True)
@@ -152,6 +156,15 @@ def _generation(request: JointRequest, generation: int, start_from: Path | None,
         "training": {k: summary.get(k) for k in ("steps", "seconds", "loss_last10_mean", "continued_from")},
         "seconds": round(time.time() - started, 1)})
     return request.out / "bundle"
+
+
+def _committed(run: Path, generation: int, objects: Sequence[JointObject]) -> bool:
+    """joint.json names this generation of these objects: its bundle was swapped in."""
+    path = Path(run) / JOINT_FILE
+    if not path.is_file():
+        return False
+    joint = json.loads(path.read_text())
+    return joint["generation"] == generation and joint["objects"] == _objects_record(objects)
 
 
 def _objects_record(objects: Sequence[JointObject]) -> list[dict]:

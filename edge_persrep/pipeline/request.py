@@ -15,8 +15,9 @@ from ..runtime.errors import EdgePersrepError
 from ..runtime.images import list_images, load_image, refuse_duplicates
 from ..server_side import synth
 from ..server_side.backbones import BackboneSource
-from ..server_side.contrastive import TrainConfig, check_precision, get_preset
+from ..server_side.contrastive import TrainConfig, get_preset, resolve_precision
 from ..server_side.options import CALIBRATE_ON, DEFAULT_BACKBONE, DEFAULT_PRESET, DEFAULT_SYNTH
+from .run_dir import RunDir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,7 +60,8 @@ class PersonalizeRequest:
     positives: int | None = None  # None: 450 for the Stable Diffusion methods, else the preset's
     preset: str = DEFAULT_PRESET
     steps: int | None = None  # overrides the preset's number of training steps
-    train_precision: str | None = None  # overrides the preset's (contrastive.TRAIN_PRECISIONS)
+    train_precision: str = "auto"  # options.TRAIN_PRECISION_CHOICES; the run records what auto chose, and a
+    # rerun with auto keeps what the run in `out` was started with (so a run from an earlier version resumes)
     device: str = "auto"
     seed: int = 0
     force: bool = False  # start a run with other settings over, or write into a non-run folder
@@ -89,8 +91,7 @@ class PersonalizeRequest:
         if not self.negatives and self.others is None and self.synth_method not in synth.DIFFUSION_METHODS:
             raise EdgePersrepError("no negatives: pass --negatives DIR (photos of other objects of the same "
                                    "category) or --others BUNDLE (objects already enrolled)")
-        train_config = self._train_config()
-        check_precision(train_config.precision, device)
+        train_config = self._train_config(device)
         diffusion = self._diffusion(device)
         if diffusion is not None:
             from ..server_side.synth.personalized_generation import check_request
@@ -108,12 +109,13 @@ class PersonalizeRequest:
                                    "or pass --force")
         return Plan(self, device, source, train_config, diffusion, photos, masks, mask_arrays, given_data)
 
-    def _train_config(self) -> TrainConfig:
-        config = get_preset(self.preset, seed=self.seed)
+    def _train_config(self, device: str) -> TrainConfig:
+        precision = self.train_precision
+        if precision == "auto":
+            precision = RunDir(self.out).recorded_precision() or precision
+        config = get_preset(self.preset, seed=self.seed, precision=resolve_precision(precision, device))
         if self.steps is not None:
             config = replace(config, triplets=self.steps * config.batch_size, epochs=1)
-        if self.train_precision is not None:
-            config = replace(config, precision=self.train_precision)
         positives = self.positives
         if positives is None and self.generates_with_diffusion:
             positives = DIFFUSION_POSITIVES

@@ -92,6 +92,13 @@ class RunDir:
     def read(self) -> dict:
         return json.loads(self.run_json.read_text())
 
+    def recorded_precision(self) -> str | None:
+        """The training precision this run was started with (None: no run here yet); runs from
+        before the setting existed trained in fp32."""
+        if not self.run_json.is_file():
+            return None
+        return with_new_defaults("train_config", self.read().get("train_config") or {})["precision"]
+
     def write(self, record: dict) -> None:
         atomic_write_json(self.run_json, record)
 
@@ -152,22 +159,14 @@ class RunDir:
         return sorted(self.photos.glob("*.jpg"))
 
     def trained(self) -> bool:
-        return (self.train / "summary.json").is_file() and (self.train / "adapter" / "adapter_config.json").is_file()
+        return finished_training(self.train)
 
     def training_summary(self) -> dict | None:
         path = self.train / "summary.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
     def finished_bundle(self, name: str, training: dict) -> bool:
-        """The bundle is finished if it loads (manifest, checksums), holds this training's model
-        and has `name` enrolled."""
-        if not (self.bundle / "bundle.json").is_file():
-            return False
-        try:
-            finder = Finder.open(self.bundle)
-        except EdgePersrepError:
-            return False  # half-written or damaged: export again
-        return same_json(finder.bundle.manifest.get("training"), training) and name in finder.store.objects
+        return finished_bundle(self.bundle, [name], training)
 
     def enrolment_negatives(self, record: dict | None = None) -> list[Path]:
         """The negatives the run's object is calibrated on (as `personalize` chose them)."""
@@ -188,6 +187,23 @@ class RunDir:
         checks = CheckSet(input_batch(self.reference(), size), input_batch(positives[1::2][:32], size),
                           input_batch(negatives[1::2][:32], size))
         return calibration, checks
+
+
+def finished_training(train_dir: Path) -> bool:
+    """A training folder whose run ended: its summary and its saved adapter are both there."""
+    return (train_dir / "summary.json").is_file() and (train_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def finished_bundle(bundle: Path, names: Sequence[str], training: dict) -> bool:
+    """A bundle is finished if it loads (manifest, checksums), holds this training's model and has
+    every one of `names` enrolled."""
+    if not (bundle / "bundle.json").is_file():
+        return False
+    try:
+        finder = Finder.open(bundle)
+    except EdgePersrepError:
+        return False  # half-written or damaged: export again
+    return same_json(finder.bundle.manifest.get("training"), training) and all(n in finder.store.objects for n in names)
 
 
 def split_negatives(negatives: list[Path], calibration: list[Path], generated: Sequence[Path],

@@ -24,6 +24,7 @@ CPU speed-ups, none of which changes the recipe:
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -72,9 +73,10 @@ class TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
-    # Sized for a 2-core CPU (about 2 minutes on Lite0): 160 steps of 16 triplets, trunk cached.
-    # alpha = r (LoRA scale 1): at the paper's 1/32 scale, 160 steps barely move the features.
-    "quick": TrainConfig(triplets=2560, epochs=1, lora_alpha=16.0, cache_trunk=True, views=4,
+    # Sized for a 2-core CPU (under 2 minutes end to end on Lite0 in bf16): 120 steps of 16 triplets,
+    # trunk cached (160 before 2026-11-30: the identity-disjoint benchmark measured no loss at 120).
+    # alpha = r (LoRA scale 1): at the paper's 1/32 scale, so few steps barely move the features.
+    "quick": TrainConfig(triplets=1920, epochs=1, lora_alpha=16.0, cache_trunk=True, views=4,
                          positives=96),
 }
 
@@ -345,14 +347,38 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     return summary
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 itself (AVX512-BF16); elsewhere torch emulates it, slower than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported())
+
+
+AUTO_PRECISION_ENV = "EDGE_PERSREP_TRAIN_PRECISION"  # fp32 | bf16: pins what "auto" means (the tests pin fp32)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """A request's training precision as the run will record it: "auto" is bf16 on a CPU that
+    computes it natively (benchmark quality measured equal, a step about 0.74x the time), fp32
+    elsewhere, GPUs included (not measured there yet), unless $EDGE_PERSREP_TRAIN_PRECISION pins it;
+    "fp32" and "bf16" are checked and kept."""
+    if precision == "auto":
+        pinned = os.environ.get(AUTO_PRECISION_ENV, "")
+        if not pinned:
+            return "bf16" if torch.device(device).type == "cpu" and native_bf16_cpu() else "fp32"
+        if pinned not in TRAIN_PRECISIONS:
+            raise EdgePersrepError(f"{AUTO_PRECISION_ENV}={pinned}: use {' or '.join(TRAIN_PRECISIONS)}, or unset it")
+        precision = pinned
+    check_precision(precision, device)
+    return precision
+
+
 def check_precision(precision: str, device: str) -> None:
     """bf16 only where the hardware computes it (a CPU with AVX512-BF16, or a GPU): elsewhere torch
     emulates it, slower than fp32."""
     if precision not in TRAIN_PRECISIONS:
         raise EdgePersrepError(f"training precision '{precision}': use {' or '.join(TRAIN_PRECISIONS)}")
-    if precision == "bf16" and torch.device(device).type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+    if precision == "bf16" and torch.device(device).type == "cpu" and not native_bf16_cpu():
         raise EdgePersrepError("--train-precision bf16: this CPU has no native bf16 (AVX512-BF16), where it would "
-                               "be slower than fp32; use fp32")
+                               "be slower than fp32; use fp32 or auto")
 
 
 def _continue_lora(backbone: Backbone, adapter_dir: Path):

@@ -15,5 +15,7 @@ CALIBRATE_ON = ("training", "held-out")  # personalize --calibrate-on: the first
 DEFAULT_SYNTH = "augment"  # personalize --synth: no GPU, no downloads
 DEFAULT_PRESET = "quick"  # personalize --preset: minutes on a CPU (contrastive.PRESETS)
 TRAIN_PRECISIONS = ("fp32", "bf16")  # TrainConfig.precision; bf16 about 0.74x a quick step on an AVX512-BF16 CPU
+TRAIN_PRECISION_CHOICES = ("auto",) + TRAIN_PRECISIONS  # personalize --train-precision; auto (the default): bf16
+# on a CPU that computes it natively, else fp32 (contrastive.resolve_precision)
 FILTER_MODES = ("global", "patch")  # the generated-positive filter's score (synth/filtering.py); first: default
 PATCH_THRESHOLD = 0.47  # patch mode: keeps about 70% of faithful photos, as 0.6 does globally (filter_threshold.py)
