@@ -48,12 +48,12 @@ from edge_persrep.eval.protocols import (
     seen_negatives,
 )
 from edge_persrep.eval.target_metrics import retrieval_gallery, target_metrics
+from edge_persrep.eval.training_options import add_training_options, resolve_training_options
 from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained, personalize
 from edge_persrep.pipeline.joint import JointObject, JointRequest, personalize_joint
 from edge_persrep.runtime import Finder
 from edge_persrep.runtime.files import atomic_write_json
-from edge_persrep.server_side.contrastive import get_preset, resolve_precision
-from edge_persrep.server_side.options import TRAIN_PRECISION_CHOICES
+from edge_persrep.server_side.contrastive import get_preset
 
 GROUPS = {"dogs": ("dog", "dog2", "dog3"), "cats": ("cat", "cat2"),
           "sneakers": ("colorful_sneaker", "shiny_sneaker"), "toys": ("duck_toy", "monster_toy", "robot_toy")}
@@ -109,18 +109,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="the DreamBooth dataset folder")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-joint"))
     ap.add_argument("--groups", help="NAME=A,B[,C];NAME2=... (default: dogs, cats, sneakers, toys)")
-    ap.add_argument("--preset", default="quick")
-    ap.add_argument("--synth", default="augment")
-    ap.add_argument("--steps", type=int, help="override the preset's training steps")
+    add_training_options(ap)
     ap.add_argument("--seeds", default="1", help="training seeds")
-    ap.add_argument("--train-precision", default="auto", choices=TRAIN_PRECISION_CHOICES,
-                    help="personalize --train-precision (the README's joint figures: fp32, --steps 160)")
     ap.add_argument("--joint-steps", choices=["preset", "per-object"], default="preset",
                     help="a joint run's training steps: the preset's (as one object's run), or that times the "
                          "number of objects (each object gets as many anchor rows as in its own run)")
     args = ap.parse_args(argv)
-    precision = resolve_precision(args.train_precision, "cpu")
-    tag = f"-{precision}-{args.steps or get_preset(args.preset).steps}steps"  # other settings, other runs
+    tag = "-" + resolve_training_options(args)  # other settings, other runs
 
     subjects = load_dreambooth(args.data)
     groups = (dict((g.split("=")[0], tuple(g.split("=")[1].split(","))) for g in args.groups.split(";"))
@@ -131,8 +126,8 @@ def main(argv=None) -> int:
     if not (pretrained / "bundle.json").is_file():
         export_pretrained("efficientnet_lite0", pretrained, force=True)
     report = {"protocol": "identity-disjoint, per group", "preset": args.preset, "synth": args.synth,
-              "steps": args.steps, "joint_steps": args.joint_steps, "train_precision": precision, "seeds": seeds,
-              "groups": {}}
+              "steps": args.steps, "joint_steps": args.joint_steps, "train_precision": args.train_precision,
+              "seeds": seeds, "groups": {}}
     for group, members in groups.items():
         split = group_split(subjects, group, members)
         test = disjoint_test_set(subjects, split)
@@ -149,7 +144,7 @@ def main(argv=None) -> int:
                 bundle = personalize(PersonalizeRequest(
                     subjects[m].photos[:3], m, subjects[m].category, args.out / "runs" / group / f"{m}-seed{seed}{tag}",
                     negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
-                    device="cpu", train_precision=precision))
+                    device="cpu", train_precision=args.train_precision))
                 seconds[m] = round(time.time() - started, 1)
                 runs[m] = Finder.open(bundle)
             started = time.time()
@@ -160,7 +155,7 @@ def main(argv=None) -> int:
                 [JointObject(m, reference_folder(subjects, m, args.out / "references" / m), subjects[m].category)
                  for m in members], args.out / "runs" / group / f"joint{suffix}-seed{seed}{tag}",
                 negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=steps, seed=seed,
-                device="cpu", train_precision=precision))
+                device="cpu", train_precision=args.train_precision))
             joint_seconds = round(time.time() - started, 1)
             joint_record = json.loads((joint_bundle.parent / "joint.json").read_text())
             per_object_training = [RunDir(runs[m].bundle.root.parent).training_summary() or {} for m in members]

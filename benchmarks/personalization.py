@@ -49,11 +49,10 @@ from edge_persrep.eval.protocols import (
     seen_negatives,
 )
 from edge_persrep.eval.target_metrics import present_metrics, retrieval_gallery, target_metrics
+from edge_persrep.eval.training_options import add_training_options, resolve_training_options
 from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
 from edge_persrep.runtime.files import atomic_write_json
-from edge_persrep.server_side.contrastive import get_preset, resolve_precision
-from edge_persrep.server_side.options import TRAIN_PRECISION_CHOICES
 
 METRICS = ("present_bacc", "present_f1", "present_bacc_best", "ap", "ap_global", "present_bacc_global", "pointing",
            "box_iou", "retrieval_top1")
@@ -145,19 +144,14 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="the DreamBooth dataset folder")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-personalization"))
     ap.add_argument("--targets", help="comma-separated subjects (default: every one with a same-category look-alike)")
-    ap.add_argument("--preset", default="quick")
-    ap.add_argument("--synth", default="augment", help="personalize --synth: augment | context | ...")
-    ap.add_argument("--steps", type=int, help="override the preset's training steps")
-    ap.add_argument("--train-precision", default="auto", choices=TRAIN_PRECISION_CHOICES,
-                    help="personalize --train-precision (runs go to OUT/runs/SYNTH-PRECISION-NSTEPS; the "
-                         "README's figures before 2026-11-30's quick preset: fp32, --steps 160)")
+    add_training_options(ap)  # runs go to OUT/runs/SYNTH-PRECISION-NSTEPS
     ap.add_argument("--seeds", default="0,1,2", help="training seeds of the personalized model ('' = pretrained only)")
     ap.add_argument("--calibrate-on", default="training", help="personalize --calibrate-on: training | held-out")
     ap.add_argument("--enrol-on", default="run", choices=["run", "unused-photos"],
                     help="what both models' enrolment calibrates on: the run's own choice (the negatives folder, "
                          "or --calibrate-on's held-out part), or the seen identities' photos training did not use")
     args = ap.parse_args(argv)
-    args.train_precision = resolve_precision(args.train_precision, "cpu")  # what ran, for folders and the report
+    runs_folder = resolve_training_options(args)
 
     subjects = load_dreambooth(args.data)
     targets = args.targets.split(",") if args.targets else lookalike_targets(subjects)
@@ -167,8 +161,6 @@ def main(argv=None) -> int:
     if not (pretrained / "bundle.json").is_file():
         export_pretrained("efficientnet_lite0", pretrained, force=True)
 
-    steps = args.steps or get_preset(args.preset).steps
-    runs_folder = f"{args.synth}-{args.train_precision}-{steps}steps"  # other settings, other runs
     rows = []
     for target in targets:
         s = subjects[target]
