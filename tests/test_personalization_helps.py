@@ -27,3 +27,7 @@ def test_personalized_beats_pretrained_on_hard_held_out_images(tmp_path):
     mean = report["mean"]
     assert mean["personalized"]["ap"] > mean["pretrained"]["ap"] + 0.02
     assert mean["personalized"]["present_bacc"] >= mean["pretrained"]["present_bacc"]
+    for row in report["targets"]:  # the per-image record benchmarks/compare.py pairs on
+        result = row["personalized"]["0"]
+        assert result["pointing"] == sum(result["pointing_hits"]) / len(result["pointing_hits"])
+        assert len(result["scores"]["present"]) == len(result["scores"]["labels"]) == result["n_test"]

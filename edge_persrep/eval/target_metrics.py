@@ -9,6 +9,7 @@ retrieval. Shared by benchmarks/personalization.py (one object a model) and benc
     ap / ap_global              classification AP of the runtime's score (global + region) and of
                                 the paper's global score alone
     pointing                    scenes where the best region window's centre lies in the object's cell
+                                (`pointing_hits`: per such scene, in test order, for paired comparisons)
     box_iou                     mean IoU of `find`'s box with the object's cell, on small / scene images
     retrieval_top1              single-subject images of the object: is the nearest gallery photo its own?
 """
@@ -57,10 +58,12 @@ def target_metrics(finder: Finder, name: str, test: Sequence[TestImage], feats: 
             "present_bacc_best": best_balanced_accuracy([m.score for m in matches], labels),
             "ap": average_precision([m.score for m in matches], labels),
             "ap_global": average_precision([m.global_score for m in matches], labels),
-            "pointing": float(np.mean(pointing)), "box_iou": float(np.mean(ious)),
+            "pointing": float(np.mean(pointing)), "pointing_hits": [int(h) for h in pointing],
+            "box_iou": float(np.mean(ious)),
             "retrieval_top1": float(np.mean(top1)), "threshold": round(finder.store.objects[name].threshold, 4),
             "n_pos": int(sum(labels)), "n_test": len(test),
-            "scores": {"test": [round(m.score, 4) for m in matches], "labels": labels}}
+            "scores": {"test": [round(m.score, 4) for m in matches], "labels": labels,
+                       "present": [int(m.present) for m in matches]}}
 
 
 def retrieval_gallery(finder: Finder, photos_of: dict[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
