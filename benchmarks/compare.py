@@ -6,7 +6,8 @@ only A or only B got the `present` decision (and, where both reports keep it, th
 with McNemar's exact p-value (eval/paired.py): a small p says the difference is unlikely to be luck.
 
     python benchmarks/compare.py runs/bench-old/personalization.json runs/bench-new/personalization.json
-Prints the tables and writes compare.json beside B's report (or --out).
+A side run as one process a seed: its reports joined by commas (A1.json,A2.json).
+Prints the tables and writes compare.json beside B's (first) report, or --out.
 """
 
 from __future__ import annotations
@@ -16,30 +17,38 @@ import json
 import sys
 from pathlib import Path
 
-from edge_persrep.eval.paired import PER_TARGET, compare_reports
+from edge_persrep.eval.paired import PER_TARGET, compare_reports, merge_reports
 from edge_persrep.runtime.files import atomic_write_json
 
 
-def _read(path: Path) -> dict:
+def _read(paths: str) -> tuple[list[Path], dict]:
+    """One side: a report, or several (comma-separated) merged."""
+    files, reports = [Path(p) for p in paths.split(",")], []
+    for path in files:
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"{path}: not a readable personalization.json ({exc}); run benchmarks/personalization.py")
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"{path}: not a readable personalization.json ({exc}); run benchmarks/personalization.py")
+        return files, merge_reports(reports)
+    except ValueError as exc:
+        raise SystemExit(f"{paths}: {exc}")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("a", type=Path, help="the baseline's personalization.json")
-    ap.add_argument("b", type=Path, help="the challenger's personalization.json")
+    ap.add_argument("a", help="the baseline's personalization.json (several: comma-separated)")
+    ap.add_argument("b", help="the challenger's personalization.json (several: comma-separated)")
     ap.add_argument("--out", type=Path, help="default: compare.json beside B")
     args = ap.parse_args(argv)
-    report_a, report_b = _read(args.a), _read(args.b)
+    (files_a, report_a), (files_b, report_b) = _read(args.a), _read(args.b)
     try:
         result = compare_reports(report_a, report_b)
     except ValueError as exc:
         raise SystemExit(f"{args.a} vs {args.b}: {exc}")
-    result["a"] = {"report": str(args.a), **{k: report_a.get(k) for k in ("preset", "steps", "train_precision")}}
-    result["b"] = {"report": str(args.b), **{k: report_b.get(k) for k in ("preset", "steps", "train_precision")}}
+    for side, report in (("a", report_a), ("b", report_b)):
+        result[side] = {"reports": [str(f) for f in (files_a if side == "a" else files_b)],
+                        **{k: report.get(k) for k in ("preset", "synth", "steps", "train_precision")}}
 
     print(f"A: {args.a}\nB: {args.b}\n{result['pairs']} (target, seed) pairs, seeds {', '.join(result['seeds'])}\n")
     print("| target | " + " | ".join(f"{k} A | B" for k in PER_TARGET) + " |")
@@ -58,7 +67,7 @@ def main(argv=None) -> int:
         print("| pointing | (a report keeps no per-scene pointing: rerun it with today's benchmark) | | | | |")
     print(f"\nAP worse by more than 0.02 in B: {', '.join(result['ap_worse_by_more_than_0.02']) or 'none'}; "
           f"better: {', '.join(result['ap_better_by_more_than_0.02']) or 'none'}")
-    out = args.out or args.b.parent / "compare.json"
+    out = args.out or files_b[0].parent / "compare.json"
     atomic_write_json(out, result)
     print(f"wrote {out}")
     return 0

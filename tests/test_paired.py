@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_persrep.eval.paired import compare_reports, discordance, sign_test
+from edge_persrep.eval.paired import compare_reports, discordance, merge_reports, sign_test
 
 PROTOCOL = {"name": "identity-disjoint", "seed": 20250101, "refs_per_target": 3}
 
@@ -79,3 +79,15 @@ def test_reports_of_other_protocols_are_not_paired(tmp_path):
         compare_reports(a, b)
     with pytest.raises(ValueError, match="share no"):
         compare_reports(a, _report({"cat": {"1": _result(0.9, [0.8], [True], 0.5, [1])}}))
+
+
+def test_reports_of_one_seed_each_merge_into_one():
+    r = _result(0.9, [0.8], [True], 0.5, [1])
+    seed1 = _report({"dog": {"1": r}, "cat": {"1": r}})
+    seed2 = _report({"cat": {"2": r}, "dog": {"2": r}})
+    merged = merge_reports([seed1, seed2])
+    assert [t["target"] for t in merged["targets"]] == ["dog", "cat"]
+    assert all(sorted(t["personalized"]) == ["1", "2"] for t in merged["targets"])
+    assert seed1["targets"][0]["personalized"] == {"1": r}  # the inputs are left as they were
+    with pytest.raises(ValueError, match="seed 1 is in two"):
+        merge_reports([seed1, seed1])

@@ -66,6 +66,24 @@ def present_right(result: dict) -> list[bool]:
     return [bool(p) == y for p, y in zip(present, scores["labels"])]
 
 
+def merge_reports(reports: Sequence[dict]) -> dict:
+    """Several reports of one benchmark setting (e.g. one process a seed) as one: each target's
+    personalized results of every seed, in the first report's target order."""
+    first = reports[0]
+    for other in reports[1:]:
+        if other["protocol"] != first["protocol"]:
+            raise ValueError(f"different protocols: {first['protocol']} vs {other['protocol']}")
+    rows: dict[str, dict] = {}
+    for report in reports:
+        for row in report["targets"]:
+            merged = rows.setdefault(row["target"], {**row, "personalized": {}})
+            for seed, result in row["personalized"].items():
+                if seed in merged["personalized"]:
+                    raise ValueError(f"{row['target']}: seed {seed} is in two of the reports; give each seed once")
+                merged["personalized"][seed] = result
+    return {**first, "targets": list(rows.values())}
+
+
 def pairs(report_a: dict, report_b: dict) -> list[tuple[str, str, dict, dict]]:
     """(target, seed, result A, result B) for every target and seed both reports trained; raises if
     they are not the same protocol (other test images cannot be paired)."""
