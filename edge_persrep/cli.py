@@ -96,7 +96,8 @@ def _add_personalize(sub) -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET, help="quick (CPU, minutes) | paper (the paper's recipe)")
     p.add_argument("--steps", type=int, help="override the preset's number of training steps")
     p.add_argument("--train-precision", choices=TRAIN_PRECISION_CHOICES,
-                   help="auto (default: bf16 on a CPU with AVX512-BF16, else fp32; the run records which), fp32, "
+                   help="auto (default: bf16 on a CPU with AVX512-BF16 for the quick preset, else fp32; the run "
+                        "records which), fp32, "
                         "or bf16: the trained layers under bf16 autocast, about 0.95x the time of a quick step "
                         "(refused on CPUs without native bf16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

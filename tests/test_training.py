@@ -183,6 +183,11 @@ def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(examples, tmp_pat
         request = PersonalizeRequest([examples / "dog"], "dog", "dog", tmp_path / "run",
                                      negatives=[examples / "negatives"], device="cpu")
         assert request.plan().train_config.precision == expected  # what run.json will record
+        # the paper preset runs its frozen trunk every step, in fp32 either way: bf16 gains nothing there
+        assert resolve_precision("auto", "cpu", cache_trunk=False) == "fp32"
+        paper = PersonalizeRequest([examples / "dog"], "dog", "dog", tmp_path / "paper",
+                                   negatives=[examples / "negatives"], device="cpu", preset="paper")
+        assert paper.plan().train_config.precision == "fp32"
     assert resolve_precision("fp32", "cpu") == "fp32"
     monkeypatch.setenv(AUTO_PRECISION_ENV, "fp32")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)

@@ -113,7 +113,8 @@ class PersonalizeRequest:
         precision = self.train_precision
         if precision == "auto":
             precision = RunDir(self.out).recorded_precision() or precision
-        config = get_preset(self.preset, seed=self.seed, precision=resolve_precision(precision, device))
+        config = get_preset(self.preset, seed=self.seed)
+        config = replace(config, precision=resolve_precision(precision, device, config.cache_trunk))
         if self.steps is not None:
             config = replace(config, triplets=self.steps * config.batch_size, epochs=1)
         positives = self.positives

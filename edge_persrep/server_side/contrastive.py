@@ -75,7 +75,8 @@ PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
     # Sized for a 2-core CPU (under 2 minutes end to end on Lite0 in bf16): 120 steps of 16 triplets,
     # trunk cached (160 before 2026-11-30: on the identity-disjoint benchmark, the same AP and `present`
-    # accuracy at 120, pointing 0.869 against 0.884; README "A faster quick preset").
+    # accuracy at 120, pointing 0.869 against 0.884; 140 steps did not win the pointing back: README
+    # "A faster quick preset").
     # alpha = r (LoRA scale 1): at the paper's 1/32 scale, so few steps barely move the features.
     "quick": TrainConfig(triplets=1920, epochs=1, lora_alpha=16.0, cache_trunk=True, views=4,
                          positives=96),
@@ -356,16 +357,18 @@ def native_bf16_cpu() -> bool:
 AUTO_PRECISION_ENV = "EDGE_PERSREP_TRAIN_PRECISION"  # fp32 | bf16: pins what "auto" means (the tests pin fp32)
 
 
-def resolve_precision(precision: str, device: str) -> str:
+def resolve_precision(precision: str, device: str, cache_trunk: bool = True) -> str:
     """A request's training precision as the run will record it: "auto" is bf16 on a CPU that
-    computes it natively (benchmark quality measured equal at 160 steps on 9 targets; a step 0.95x
-    the time in the full pipeline, 0.74x for the LoRA'd head alone), fp32 elsewhere, GPUs included
-    (not measured there yet), unless $EDGE_PERSREP_TRAIN_PRECISION pins it; "fp32" and "bf16" are
-    checked and kept."""
+    computes it natively when the trunk is cached (the `quick` preset: benchmark quality measured
+    equal at 160 steps; a step 0.95x the time in the full pipeline, 0.74x for the LoRA'd head
+    alone), fp32 elsewhere: GPUs (not measured there yet) and uncached training (`paper`: 1.41 s a
+    step in bf16 against 1.38 in fp32, the frozen trunk runs in fp32 either way), unless
+    $EDGE_PERSREP_TRAIN_PRECISION pins it; "fp32" and "bf16" are checked and kept."""
     if precision == "auto":
         pinned = os.environ.get(AUTO_PRECISION_ENV, "")
         if not pinned:
-            return "bf16" if torch.device(device).type == "cpu" and native_bf16_cpu() else "fp32"
+            native = torch.device(device).type == "cpu" and native_bf16_cpu()
+            return "bf16" if native and cache_trunk else "fp32"
         if pinned not in TRAIN_PRECISIONS:
             raise EdgePersrepError(f"{AUTO_PRECISION_ENV}={pinned}: use {' or '.join(TRAIN_PRECISIONS)}, or unset it")
         precision = pinned

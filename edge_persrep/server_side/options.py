@@ -16,6 +16,6 @@ DEFAULT_SYNTH = "augment"  # personalize --synth: no GPU, no downloads
 DEFAULT_PRESET = "quick"  # personalize --preset: minutes on a CPU (contrastive.PRESETS)
 TRAIN_PRECISIONS = ("fp32", "bf16")  # TrainConfig.precision; a bf16 quick step 0.95x an fp32 one (AVX512-BF16 CPU)
 TRAIN_PRECISION_CHOICES = ("auto",) + TRAIN_PRECISIONS  # personalize --train-precision; auto (the default): bf16
-# on a CPU that computes it natively, else fp32 (contrastive.resolve_precision)
+# on a CPU that computes it natively for a cached trunk (quick), else fp32 (contrastive.resolve_precision)
 FILTER_MODES = ("global", "patch")  # the generated-positive filter's score (synth/filtering.py); first: default
 PATCH_THRESHOLD = 0.47  # patch mode: keeps about 70% of faithful photos, as 0.6 does globally (filter_threshold.py)
