@@ -46,8 +46,8 @@ def main(argv=None) -> int:
         result = compare_reports(report_a, report_b)
     except ValueError as exc:
         raise SystemExit(f"{args.a} vs {args.b}: {exc}")
-    for side, report in (("a", report_a), ("b", report_b)):
-        result[side] = {"reports": [str(f) for f in (files_a if side == "a" else files_b)],
+    for side, files, report in (("a", files_a, report_a), ("b", files_b, report_b)):
+        result[side] = {"reports": [str(f) for f in files],
                         **{k: report.get(k) for k in ("preset", "synth", "steps", "train_precision")}}
 
     print(f"A: {args.a}\nB: {args.b}\n{result['pairs']} (target, seed) pairs, seeds {', '.join(result['seeds'])}\n")

@@ -66,13 +66,18 @@ def present_right(result: dict) -> list[bool]:
     return [bool(p) == y for p, y in zip(present, scores["labels"])]
 
 
+def _check_same_protocol(report_a: dict, report_b: dict) -> None:
+    """Reports of other protocols hold other test images: they cannot be paired or merged."""
+    if report_a["protocol"] != report_b["protocol"]:
+        raise ValueError(f"different protocols: {report_a['protocol']} vs {report_b['protocol']}")
+
+
 def merge_reports(reports: Sequence[dict]) -> dict:
     """Several reports of one benchmark setting (e.g. one process a seed) as one: each target's
     personalized results of every seed, in the first report's target order."""
     first = reports[0]
     for other in reports[1:]:
-        if other["protocol"] != first["protocol"]:
-            raise ValueError(f"different protocols: {first['protocol']} vs {other['protocol']}")
+        _check_same_protocol(first, other)
     rows: dict[str, dict] = {}
     for report in reports:
         for row in report["targets"]:
@@ -87,8 +92,7 @@ def merge_reports(reports: Sequence[dict]) -> dict:
 def pairs(report_a: dict, report_b: dict) -> list[tuple[str, str, dict, dict]]:
     """(target, seed, result A, result B) for every target and seed both reports trained; raises if
     they are not the same protocol (other test images cannot be paired)."""
-    if report_a["protocol"] != report_b["protocol"]:
-        raise ValueError(f"different protocols: {report_a['protocol']} vs {report_b['protocol']}")
+    _check_same_protocol(report_a, report_b)
     rows_b = {r["target"]: r for r in report_b["targets"]}
     out = []
     for ra in report_a["targets"]:

@@ -23,5 +23,6 @@ def resolve_training_options(args: argparse.Namespace) -> str:
     says what ran, for the report) and return the runs' label SYNTH-PRECISION-NSTEPS."""
     from ..server_side.contrastive import get_preset, resolve_precision
 
-    args.train_precision = resolve_precision(args.train_precision, "cpu", get_preset(args.preset).cache_trunk)
-    return f"{args.synth}-{args.train_precision}-{args.steps or get_preset(args.preset).steps}steps"
+    preset = get_preset(args.preset)
+    args.train_precision = resolve_precision(args.train_precision, "cpu", preset.cache_trunk)
+    return f"{args.synth}-{args.train_precision}-{args.steps or preset.steps}steps"
