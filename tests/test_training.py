@@ -198,9 +198,12 @@ def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(examples, tmp_pat
 
 
 def test_killed_training_resumes_to_the_same_weights(examples, tmp_path, monkeypatch):
-    from edge_persrep.runtime import list_images, load_image
+    from edge_persrep.runtime import list_images, load_image, threads
     from edge_persrep.server_side import contrastive
 
+    # the same weights at the same thread count: pinned, so that another process on the machine
+    # cannot make one run give up a thread (runtime/threads.CoreShare) and sum in another order
+    monkeypatch.setattr(threads, "_threads", torch.get_num_threads())
     anchors = [load_image(p) for p in list_images([examples / "dog"])]
     negatives = list_images([examples / "negatives"])[:4]
     config = TrainConfig(triplets=6 * 4, epochs=1, batch_size=4, lora_alpha=16.0, cache_trunk=True, views=1,

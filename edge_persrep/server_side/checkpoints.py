@@ -20,7 +20,8 @@ class Checkpoints:
     contrastive training and by DreamBooth. Each checkpoint is a new directory; `checkpoint.json`
     (written atomically) names the current one, so a kill at any moment leaves a complete checkpoint.
     Resuming rebuilds the same augmented views (same seed) and restores the RNGs, so a resumed run
-    ends with the same weights as an uninterrupted one."""
+    ends with the same weights as an uninterrupted one (at the same thread count: sums split over
+    threads can round differently, and training gives up threads to other processes, CoreShare)."""
 
     def __init__(self, out_dir: Path, config):  # a dataclass: TrainConfig or DreamBoothConfig
         self.out_dir, self.pointer = out_dir, out_dir / "checkpoint.json"

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from ..runtime.errors import EdgePersrepError
 from ..runtime.files import atomic_write_json
 from ..runtime.images import load_image
+from ..runtime.threads import CoreShare, share_cores
 from .backbones import Backbone
 from .checkpoints import Checkpoints
 from .options import TRAIN_PRECISIONS
@@ -73,12 +74,12 @@ class TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
-    # Sized for a 2-core CPU (under 2 minutes end to end on Lite0 in bf16): 120 steps of 16 triplets,
-    # trunk cached (160 before 2026-11-30: on the identity-disjoint benchmark, the same AP and `present`
-    # accuracy at 120, pointing 0.869 against 0.884; 140 steps did not win the pointing back: README
+    # Sized for a 2-core CPU (under 2 minutes end to end on Lite0 in bf16): 160 steps of 16 triplets,
+    # trunk cached. 120 steps from 2026-11-30 until OpenMP's brief spin (runtime/threads.py) made
+    # 160 fit again: at 120 the same AP and `present` accuracy, pointing 0.869 against 0.884 (README
     # "A faster quick preset").
     # alpha = r (LoRA scale 1): at the paper's 1/32 scale, so few steps barely move the features.
-    "quick": TrainConfig(triplets=1920, epochs=1, lora_alpha=16.0, cache_trunk=True, views=4,
+    "quick": TrainConfig(triplets=2560, epochs=1, lora_alpha=16.0, cache_trunk=True, views=4,
                          positives=96),
 }
 
@@ -163,6 +164,7 @@ class Views:
             chunks = []
             todo = [im for im in self.images for _ in range(views)]
             for start in tqdm(range(0, len(todo), 32), desc=f"cache {desc}", leave=False):
+                share_cores()
                 chunks.append(self._trunk(todo[start:start + 32]))
             self.cache = torch.cat(chunks)
 
@@ -272,67 +274,69 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     trainable = [p for p in backbone.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
-    anchor_views = Views(backbone, anchors, config, config.views * 8, rng, dev, "anchors")
-    positive_views = Views(backbone, positives, config, max(1, config.views // 2), rng, dev, "positives")
-    negative_views = Views(backbone, negatives, config, config.views, rng, dev, "negatives")
-    framed_views = FramedViews(backbone, *zip(*framed), dev) if framed else None
-    image_hw = (backbone.spec.preprocess.train_size,) * 2
+    with CoreShare() as cores:  # fewer threads while other processes use the cores
+        anchor_views = Views(backbone, anchors, config, config.views * 8, rng, dev, "anchors")
+        positive_views = Views(backbone, positives, config, max(1, config.views // 2), rng, dev, "positives")
+        negative_views = Views(backbone, negatives, config, config.views, rng, dev, "negatives")
+        framed_views = FramedViews(backbone, *zip(*framed), dev) if framed else None
+        image_hw = (backbone.spec.preprocess.train_size,) * 2
 
-    def autocast():
-        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        def autocast():
+            return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
-    def embed(trunk_features: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            features = backbone.head(trunk_features, image_hw)[0]
-        return F.normalize(features.float(), dim=1)
+        def embed(trunk_features: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                features = backbone.head(trunk_features, image_hw)[0]
+            return F.normalize(features.float(), dim=1)
 
-    if framed_views is not None:
-        with torch.no_grad():
-            grid_hw = tuple(backbone.head(framed_views.cache[:1], image_hw)[1].shape[1:3])
+        if framed_views is not None:
+            with torch.no_grad():
+                grid_hw = tuple(backbone.head(framed_views.cache[:1], image_hw)[1].shape[1:3])
 
-    def in_context(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """k in-context positives pooled inside their boxes, and outside them (negatives)."""
-        trunk_features, cells = framed_views.sample([rng.randrange(len(framed_views)) for _ in range(k)], grid_hw)
-        with autocast():
-            grid = backbone.head(trunk_features, image_hw)[1]
-        return pool_inside_and_outside(grid.float(), cells.to(dev))
+        def in_context(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """k in-context positives pooled inside their boxes, and outside them (negatives)."""
+            trunk_features, cells = framed_views.sample([rng.randrange(len(framed_views)) for _ in range(k)], grid_hw)
+            with autocast():
+                grid = backbone.head(trunk_features, image_hw)[1]
+            return pool_inside_and_outside(grid.float(), cells.to(dev))
 
-    if owners is not None:  # per object, the cached rows of its anchors and of its positives
-        objects = sorted(set(owners[0]))
-        anchor_rows = [anchor_views.rows_of([i for i, o in enumerate(owners[0]) if o == k]) for k in objects]
-        positive_rows = [positive_views.rows_of([i for i, o in enumerate(owners[1]) if o == k]) for k in objects]
-        if any(not rows for rows in positive_rows):
-            raise EdgePersrepError("every object of a joint run needs positives")
+        if owners is not None:  # per object, the cached rows of its anchors and of its positives
+            objects = sorted(set(owners[0]))
+            anchor_rows = [anchor_views.rows_of([i for i, o in enumerate(owners[0]) if o == k]) for k in objects]
+            positive_rows = [positive_views.rows_of([i for i, o in enumerate(owners[1]) if o == k]) for k in objects]
+            if any(not rows for rows in positive_rows):
+                raise EdgePersrepError("every object of a joint run needs positives")
 
-    checkpoints = Checkpoints(out_dir, config)
-    first_step, losses = checkpoints.restore(backbone, optimizer, rng)
-    started = time.time()
-    b = config.batch_size
-    for step in tqdm(range(first_step, config.steps), desc="train", unit="step", initial=first_step,
-                     total=config.steps):
-        row_owners = None
-        if owners is None:
-            a = embed(anchor_views.sample([rng.randrange(len(anchor_views)) for _ in range(b)]))
-        else:
-            row_owners = [rng.randrange(len(objects)) for _ in range(b)]
-            a = embed(anchor_views.sample([rng.choice(anchor_rows[k]) for k in row_owners]))
-        k = b // 2 if framed_views is not None else 0  # positives in context
-        if row_owners is None:
-            p = embed(positive_views.sample([rng.randrange(len(positive_views)) for _ in range(b - k)]))
-        else:
-            p = embed(positive_views.sample([rng.choice(positive_rows[o]) for o in row_owners]))
-        n = embed(negative_views.sample([rng.randrange(len(negative_views)) for _ in range(b)]))
-        if k:  # scored inside their boxes; what surrounds each box is one more negative
-            inside, outside = in_context(k)
-            p, n = torch.cat([p, inside]), torch.cat([n, outside])
-        loss = info_nce(a, p, n, config.tau,
-                        torch.tensor(row_owners, device=dev) if row_owners is not None else None)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(round(loss.item(), 5))
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-            checkpoints.save(step + 1, losses, backbone, optimizer, rng)
+        checkpoints = Checkpoints(out_dir, config)
+        first_step, losses = checkpoints.restore(backbone, optimizer, rng)
+        started = time.time()
+        b = config.batch_size
+        for step in tqdm(range(first_step, config.steps), desc="train", unit="step", initial=first_step,
+                         total=config.steps):
+            row_owners = None
+            if owners is None:
+                a = embed(anchor_views.sample([rng.randrange(len(anchor_views)) for _ in range(b)]))
+            else:
+                row_owners = [rng.randrange(len(objects)) for _ in range(b)]
+                a = embed(anchor_views.sample([rng.choice(anchor_rows[k]) for k in row_owners]))
+            k = b // 2 if framed_views is not None else 0  # positives in context
+            if row_owners is None:
+                p = embed(positive_views.sample([rng.randrange(len(positive_views)) for _ in range(b - k)]))
+            else:
+                p = embed(positive_views.sample([rng.choice(positive_rows[o]) for o in row_owners]))
+            n = embed(negative_views.sample([rng.randrange(len(negative_views)) for _ in range(b)]))
+            if k:  # scored inside their boxes; what surrounds each box is one more negative
+                inside, outside = in_context(k)
+                p, n = torch.cat([p, inside]), torch.cat([n, outside])
+            loss = info_nce(a, p, n, config.tau,
+                            torch.tensor(row_owners, device=dev) if row_owners is not None else None)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(round(loss.item(), 5))
+            if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+                checkpoints.save(step + 1, losses, backbone, optimizer, rng)
+            cores.check()
     backbone.eval()
     seconds = time.time() - started
     peft_model.save_pretrained(str(out_dir / "adapter"))
@@ -342,7 +346,7 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     atomic_write_json(out_dir / "loss.json", {"loss": losses})
     summary = {"steps": config.steps, "seconds": round(seconds, 1), "loss_first": losses[0], "loss_last": losses[-1],
                "loss_last10_mean": round(float(np.mean(losses[-10:])), 5), "anchors": len(anchors),
-               **counts, "negatives": len(negatives), "config": asdict(config),
+               **counts, "negatives": len(negatives), "config": asdict(config), "threads": cores.record(),
                **({"objects": len(set(owners[0]))} if owners is not None else {}),
                **({"continued_from": str(start_from)} if start_from is not None else {})}
     atomic_write_json(out_dir / "summary.json", summary)
