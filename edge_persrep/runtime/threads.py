@@ -122,10 +122,12 @@ class CoreShare:
         return time.monotonic(), busy, time.process_time()
 
     def __enter__(self) -> "CoreShare":
-        global _active
         self._mark = self._sample()
-        self._outer, _active = _active, self
         return self
+
+    def _count(self, now: float) -> None:
+        """The time since the last mark, to the current thread count."""
+        self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self._mark[0]
 
     def check(self) -> None:
         if not self.enabled:
@@ -135,7 +137,7 @@ class CoreShare:
         if now - then < self.period_s:
             return
         others = max(0.0, (busy - busy_then) - (mine - mine_then)) / (now - then)
-        self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - then
+        self._count(now)
         self._mark = sample
         want = threads_to_use(len(self._cpus), others, self.most)
         if want != self.current:
@@ -143,11 +145,8 @@ class CoreShare:
             self.current = want
 
     def __exit__(self, *exc) -> None:
-        global _active
-        _active = self._outer
         if self.enabled:
-            now = self._sample()[0]
-            self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self._mark[0]
+            self._count(self._sample()[0])
             if self.current != self.most:
                 self._torch.set_num_threads(self.most)
                 self.current = self.most
@@ -155,15 +154,6 @@ class CoreShare:
     def record(self) -> dict:
         """{"adaptive": bool, "seconds_at": {threads: seconds}} for a run's summary."""
         return {"adaptive": self.enabled, "seconds_at": {str(k): round(v, 1) for k, v in sorted(self.seconds.items())}}
-
-
-_active: CoreShare | None = None  # the innermost CoreShare entered
-
-
-def share_cores() -> None:
-    """CoreShare.check() of the CoreShare in force, if any: for loops that do not hold it."""
-    if _active is not None:
-        _active.check()
 
 
 def _usable_cpus() -> set[int]:

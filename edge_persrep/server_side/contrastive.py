@@ -43,7 +43,7 @@ from tqdm import tqdm
 from ..runtime.errors import EdgePersrepError
 from ..runtime.files import atomic_write_json
 from ..runtime.images import load_image
-from ..runtime.threads import CoreShare, share_cores
+from ..runtime.threads import CoreShare
 from .backbones import Backbone
 from .checkpoints import Checkpoints
 from .options import TRAIN_PRECISIONS
@@ -157,7 +157,7 @@ class Views:
     """Augmented views of a set of images -> trunk features, cached up front or drawn per step."""
 
     def __init__(self, backbone: Backbone, images: Sequence[Image.Image], config: TrainConfig, views: int,
-                 rng: random.Random, device: torch.device, desc: str):
+                 rng: random.Random, device: torch.device, desc: str, cores: CoreShare):
         self.backbone, self.images, self.rng, self.device = backbone, list(images), rng, device
         self.size = backbone.spec.preprocess.train_size
         self.views = views if config.cache_trunk else 1
@@ -166,7 +166,7 @@ class Views:
             chunks = []
             todo = [im for im in self.images for _ in range(views)]
             for start in tqdm(range(0, len(todo), 32), desc=f"cache {desc}", leave=False):
-                share_cores()
+                cores.check()
                 chunks.append(self._trunk(todo[start:start + 32]))
             self.cache = torch.cat(chunks)
 
@@ -277,9 +277,9 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
     optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
     with CoreShare() as cores:  # fewer threads while other processes use the cores
-        anchor_views = Views(backbone, anchors, config, config.views * 8, rng, dev, "anchors")
-        positive_views = Views(backbone, positives, config, max(1, config.views // 2), rng, dev, "positives")
-        negative_views = Views(backbone, negatives, config, config.views, rng, dev, "negatives")
+        anchor_views = Views(backbone, anchors, config, config.views * 8, rng, dev, "anchors", cores)
+        positive_views = Views(backbone, positives, config, max(1, config.views // 2), rng, dev, "positives", cores)
+        negative_views = Views(backbone, negatives, config, config.views, rng, dev, "negatives", cores)
         framed_views = FramedViews(backbone, *zip(*framed), dev) if framed else None
         image_hw = (backbone.spec.preprocess.train_size,) * 2
 
