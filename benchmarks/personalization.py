@@ -27,6 +27,10 @@ Reported per target and model (what the user sees first):
 
     python benchmarks/personalization.py --data ../shared/data/dreambooth --out runs/bench-personalization
     python benchmarks/personalization.py ... --targets dog,dog2 --seeds 0 --steps 20   (small, fast)
+    ... --split validation   distractors and gallery from the *seen* identities (new photos of
+                             them): for choosing a rule without looking at the unseen ones
+    ... --scoring region     enrol both models with another rule than the runtime's "mean"
+                             (store.SCORING_RULES; "region": the best reference, before 2026-12-05)
 Prints tables and writes OUT/personalization.json. Personalized runs resume (one run directory per
 target and seed); `--seeds ''` evaluates the pretrained model only.
 """
@@ -34,6 +38,7 @@ target and seed); `--seeds ''` evaluates the pretrained model only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -53,14 +58,17 @@ from edge_persrep.eval.training_options import add_training_options, resolve_tra
 from edge_persrep.pipeline import PersonalizeRequest, RunDir, export_pretrained, personalize
 from edge_persrep.runtime import Bundle, Finder, PrototypeStore
 from edge_persrep.runtime.files import atomic_write_json
+from edge_persrep.runtime.store import SCORING_RULES
 
 METRICS = ("present_bacc", "present_f1", "present_bacc_best", "ap", "ap_global", "present_bacc_global", "pointing",
            "box_iou", "retrieval_top1")
 
 
-def evaluate(bundle_dir: Path, target: str, subjects, split, test, calibration_negatives: list[Path]) -> dict:
+def evaluate(bundle_dir: Path, target: str, subjects, split, test, calibration_negatives: list[Path],
+             scoring: str = "mean") -> dict:
     """`calibration_negatives`: what enrolment calibrates on (the pretrained model: every seen
-    negative, as a user would; a personalized run: what its enrolment used, `--calibrate-on`)."""
+    negative, as a user would; a personalized run: what its enrolment used, `--calibrate-on`).
+    `scoring`: the rule enrolment uses (runtime.store.SCORING_RULES)."""
     bundle = Bundle.load(bundle_dir)
     finder = Finder(bundle, PrototypeStore(bundle.model_sha256, bundle.layout.embedding_dim, bundle.layout.grid_dim))
     s = subjects[target]
@@ -72,7 +80,8 @@ def evaluate(bundle_dir: Path, target: str, subjects, split, test, calibration_n
         return calibration["positives"], calibration["negatives"]
 
     finder._calibration_scores = recorded
-    finder.store.add(finder.make_prototype(target, s.photos[:3], s.category, negatives=calibration_negatives))
+    finder.store.add(finder.make_prototype(target, s.photos[:3], s.category, negatives=calibration_negatives,
+                                           scoring=scoring))
     del finder._calibration_scores
     paper = finder.make_prototype(target, s.photos[:3], s.category, negatives=calibration_negatives, scoring="global")
     feats = finder.embed([t.image for t in test])
@@ -131,7 +140,9 @@ def print_tables(rows: list[dict], summary: dict, seeds: list[int]) -> None:
 def write_report(args, seeds: list[int], rows: list[dict], complete: bool) -> None:
     """OUT/personalization.json, rewritten after every target so that a long run killed part-way keeps its
     results (`complete` says whether every target is in)."""
-    report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3},
+    report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3,
+                           "split": args.split},
+              "scoring": args.scoring,
               "calibrate_on": args.calibrate_on, "enrol_on": args.enrol_on, "synth": args.synth, "preset": args.preset,
               "train_precision": args.train_precision,
               "steps": args.steps, "seeds": seeds, "complete": complete,
@@ -147,6 +158,9 @@ def main(argv=None) -> int:
     add_training_options(ap)  # runs go to OUT/runs/SYNTH-PRECISION-NSTEPS
     ap.add_argument("--seeds", default="0,1,2", help="training seeds of the personalized model ('' = pretrained only)")
     ap.add_argument("--calibrate-on", default="training", help="personalize --calibrate-on: training | held-out")
+    ap.add_argument("--split", default="test", choices=["test", "validation"],
+                    help="test: distractors and gallery are the unseen identities; validation: the seen ones")
+    ap.add_argument("--scoring", choices=SCORING_RULES, default="mean", help="enrolment's scoring rule, both models")
     ap.add_argument("--enrol-on", default="run", choices=["run", "unused-photos"],
                     help="what both models' enrolment calibrates on: the run's own choice (the negatives folder, "
                          "or --calibrate-on's held-out part), or the seen identities' photos training did not use")
@@ -165,13 +179,14 @@ def main(argv=None) -> int:
     for target in targets:
         s = subjects[target]
         split = identity_split(subjects, target)
-        test = disjoint_test_set(subjects, split)
+        shown = dataclasses.replace(split, unseen=split.seen) if args.split == "validation" else split
+        test = disjoint_test_set(subjects, shown)
         negatives = seen_negatives(subjects, split, args.out / "negatives" / target)
         seen_photos = sorted(negatives.iterdir())
         unused = unused_photos(subjects, split, target) if args.enrol_on == "unused-photos" else None
         row = {"target": target, "category": s.category, "seen": len(split.seen), "unseen": len(split.unseen),
                "note": split.note,
-               "pretrained": evaluate(pretrained, target, subjects, split, test, unused or seen_photos),
+               "pretrained": evaluate(pretrained, target, subjects, shown, test, unused or seen_photos, args.scoring),
                "personalized": {}, "personalize_seconds": {}}
         for seed in seeds:
             started = time.time()
@@ -183,7 +198,8 @@ def main(argv=None) -> int:
             run = RunDir(bundle.parent)
             record = run.read()
             calibration = run.enrolment_negatives(record)
-            row["personalized"][str(seed)] = evaluate(bundle, target, subjects, split, test, unused or calibration)
+            row["personalized"][str(seed)] = evaluate(bundle, target, subjects, shown, test, unused or calibration,
+                                                      args.scoring)
             row.setdefault("calibration", record["calibration"])
         if seeds:
             row["personalized_mean"] = {k: float(np.mean([row["personalized"][str(sd)][k] for sd in seeds]))

@@ -1,5 +1,6 @@
 """The runtime's answers on real photos with the real pretrained Lite0."""
 
+import dataclasses
 import random
 import shutil
 
@@ -25,6 +26,20 @@ def test_enrolment_is_persisted_with_photos_and_a_threshold(finder):
     p = reopened.store.objects["dog"]
     assert p.embeddings.shape == (3, 1280) and p.targets.shape == (3, 1280) and len(p.photos) == 3
     assert 0.0 < p.threshold < 1.0
+
+
+def test_an_object_enrolled_again_under_its_name_is_scored_with_its_new_references(finder, examples):
+    """classify keeps the stacked references of every object between frames; replacing an object
+    in the same store (same name, new photos) must not leave the old references in use."""
+    from edge_persrep.runtime import PrototypeStore
+
+    store = PrototypeStore(finder.store.model_sha256, finder.store.embedding_dim, finder.store.grid_dim)
+    store.add(finder.store.objects["dog"])
+    f = Finder(finder.bundle, store)
+    (cat,) = f.embed([examples / "heldout_others" / "cat_00.jpg"])
+    before = f.classify(cat)[0].global_score
+    store.add(f.make_prototype("dog", [examples / "heldout_others" / "cat_00.jpg"], "cat"))  # now "dog" is this cat
+    assert before < 0.9 and f.classify(cat)[0].global_score == pytest.approx(1.0, abs=1e-5)
 
 
 def test_classify_separates_the_object_from_other_animals(finder, examples):
@@ -114,7 +129,35 @@ def test_top_k_matches_a_full_sort():
     assert [i for i, _ in top_k(gallery[:5], queries, 10)] == list(np.argsort(-best[:5], kind="stable"))
 
 
-def test_classify_many_objects_equals_per_object_max(finder, examples):
+def test_an_objects_score_is_the_mean_over_its_references_and_the_best_one_for_older_objects():
+    """Hand-checked: a frame that matches all three references moderately (0.6 each) outscores one
+    that matches a single reference well (0.8, the others 0.1) under "mean"; under "region" (the
+    rule of objects enrolled before it) the single good match wins."""
+    from edge_persrep.runtime.finder import over_references, per_object
+
+    consistent, one_good = np.array([0.6, 0.6, 0.6]), np.array([0.8, 0.1, 0.1])
+    assert over_references(consistent, "mean") == pytest.approx(0.6)
+    assert over_references(one_good, "mean") == pytest.approx(1 / 3)
+    assert over_references(one_good, "region") == over_references(one_good, "global") == pytest.approx(0.8)
+    # two objects stacked: [0.2, 0.4] (mean) and [0.9] (region); and per window, the same rule per object
+    assert per_object(np.array([0.2, 0.4, 0.9]), np.array([0, 2]), ["mean", "region"]) == pytest.approx([0.3, 0.9])
+    windows = np.array([[0.2, 0.4, 0.9], [0.6, 0.0, 0.1]])
+    np.testing.assert_allclose(per_object(windows, np.array([0, 2]), ["mean", "region"]), [[0.3, 0.9], [0.3, 0.1]])
+
+
+def test_new_objects_are_scored_by_the_references_mean_and_a_store_read_back_keeps_each_rule(finder, tmp_path):
+    from edge_persrep.runtime import PrototypeStore
+
+    assert finder.store.objects["dog"].scoring == "mean"
+    store = PrototypeStore(finder.store.model_sha256, finder.store.embedding_dim, finder.store.grid_dim)
+    for rule in ("mean", "region", "global"):
+        store.add(dataclasses.replace(finder.store.objects["dog"], name=f"dog_{rule}", scoring=rule))
+    store.save(tmp_path / "store.safetensors")
+    back = PrototypeStore.load(tmp_path / "store.safetensors", finder.store.model_sha256)
+    assert [p.scoring for p in back.objects.values()] == ["mean", "region", "global"]
+
+
+def test_classify_many_objects_equals_each_objects_own_rule(finder, examples):
     from edge_persrep.runtime import Prototype, PrototypeStore
 
     rng = np.random.default_rng(0)
@@ -124,7 +167,8 @@ def test_classify_many_objects_equals_per_object_max(finder, examples):
         emb = rng.normal(size=(k, 1280)).astype(np.float32)
         box = rng.normal(size=(k, 1280)).astype(np.float32)
         store.add(Prototype(f"o{i}", "", emb / np.linalg.norm(emb, axis=1, keepdims=True),
-                            np.ones((k, 1280), np.float32), box / np.linalg.norm(box, axis=1, keepdims=True), 0.0))
+                            np.ones((k, 1280), np.float32), box / np.linalg.norm(box, axis=1, keepdims=True), 0.0,
+                            scoring=("mean", "region", "global")[i % 3]))
     many = Finder(finder.bundle, store)
     (features,) = many.embed([examples / "dog" / "00.jpg"])
     windows = [features.grid[y0:y1, x0:x1].reshape(-1, 1280).mean(axis=0)  # every window, by brute force
@@ -133,9 +177,10 @@ def test_classify_many_objects_equals_per_object_max(finder, examples):
     windows = np.stack(windows) / np.linalg.norm(windows, axis=1, keepdims=True)
     for m in many.classify(features):
         p = store.objects[m.name]
-        assert m.global_score == pytest.approx(float((p.embeddings @ features.embedding).max()), abs=1e-6)
-        assert m.region_score == pytest.approx(float((windows @ p.box_features.T).max()), abs=1e-5)
-        assert m.score == max(m.global_score, m.region_score)
+        over = np.mean if p.scoring == "mean" else np.max
+        assert m.global_score == pytest.approx(float(over(p.embeddings @ features.embedding)), abs=1e-6)
+        assert m.region_score == pytest.approx(float(over(windows @ p.box_features.T, axis=1).max()), abs=1e-5)
+        assert m.score == (m.global_score if p.scoring == "global" else max(m.global_score, m.region_score))
 
 
 def test_find_localizes_only_objects_judged_present(finder, examples):
@@ -150,7 +195,9 @@ def test_a_small_dog_among_other_things_is_found_by_its_region(finder, examples)
     """The product's promise: the held-out dog in one cell of a 2x2 or 3x3 scene of other animals
     (look-alike corgis included) and household things. The paper's global score misses it every
     time (12 of 12 below the global-calibrated threshold); region scoring finds it, points at its
-    cell, and says no to scenes without it."""
+    cell, and says no to scenes without it. (The references' mean, the runtime's rule since 2026-12-05,
+    finds it in 9 of 12 and points right in 12; the best reference found 12 and pointed right in 12:
+    on this dog the mean is worse, over the benchmark's 21 objects better; README.)"""
     from edge_persrep.runtime.finder import SCENE_SIDE, compose_grid, scene_with
 
     negatives = list_images([examples / "negatives"])
@@ -168,7 +215,7 @@ def test_a_small_dog_among_other_things_is_found_by_its_region(finder, examples)
                 cell, side = offset % (n * n), SCENE_SIDE // n
                 x0, y0, x1, y1 = match.region_box
                 pointed += ((x0 + x1) / 2 // side, (y0 + y1) / 2 // side) == (cell % n, cell // n)
-    assert found_by_global == 0 and found >= 10 and pointed >= 10, (found_by_global, found, pointed)
+    assert found_by_global == 0 and found >= 9 and pointed >= 11, (found_by_global, found, pointed)
     for n in (2, 3):
         for k in range(3):
             (features,) = finder.embed([compose_grid(fillers[k:] + fillers[:k], n, SCENE_SIDE)])
@@ -180,7 +227,7 @@ def test_stores_from_before_region_scoring_keep_their_global_rule(finder, tmp_pa
 
     from edge_persrep.runtime import PrototypeStore
 
-    assert finder.store.objects["dog"].scoring == "region"
+    assert finder.store.objects["dog"].scoring == "mean"
     write_format1_store(finder.store, tmp_path / "old.npz", drop_scoring=True)  # as before region scoring
     old = Finder(finder.bundle, PrototypeStore.load(tmp_path / "old.npz", finder.bundle.model_sha256))
     from edge_persrep.runtime.finder import stored_photos
@@ -193,7 +240,7 @@ def test_stores_from_before_region_scoring_keep_their_global_rule(finder, tmp_pa
 def test_enrolment_without_negatives_calibrates_on_the_references_alone(pretrained_bundle, examples):
     f = Finder(Finder.open(pretrained_bundle).bundle)
     p = f.make_prototype("dog", list_images([examples / "dog"]), "dog")
-    assert p.scoring == "region" and 0.0 < p.threshold < 1.0
+    assert p.scoring == "mean" and 0.0 < p.threshold < 1.0
 
 
 def test_overlay_tints_a_red_object_in_another_colour_and_labels_it(tmp_path):
@@ -243,16 +290,18 @@ def test_a_port_written_from_the_format_doc_gets_the_runtimes_scores_and_decisio
         windows = np.stack([v / np.linalg.norm(v) for v in windows])
         (expected,) = finder.classify(finder.embed([path])[0])
         for i, obj in enumerate(meta["objects"]):
-            g = float((tensors[f"o{i}.embeddings"] @ e).max())
-            r = float((windows @ tensors[f"o{i}.box_features"].T).max())
-            score = max(g, r) if obj["scoring"] == "region" else g
+            over = np.mean if obj["scoring"] == "mean" else np.max  # over the object's references
+            g = float(over(tensors[f"o{i}.embeddings"] @ e))
+            r = float(over(windows @ tensors[f"o{i}.box_features"].T, axis=1).max())
+            score = g if obj["scoring"] == "global" else max(g, r)
             assert obj["name"] == expected.name and score == pytest.approx(expected.score, abs=1e-5), path
             assert (score >= obj["threshold"]) == expected.present, path
 
 
 def test_the_bundles_scorer_graph_gives_the_runtimes_scores_boxes_and_maps(finder, examples):
     """scorer.onnx (what apps in other languages run after the model) against Finder, on real
-    photos and scenes, with three objects: region-scored, a second one, and one global-only."""
+    photos and scenes, with four objects: two scored by their references' mean, one by the best
+    reference (as enrolled before the mean), and one global-only."""
     import onnxruntime as ort
 
     from edge_persrep.runtime import PrototypeStore
@@ -265,6 +314,7 @@ def test_the_bundles_scorer_graph_gives_the_runtimes_scores_boxes_and_maps(finde
     store.add(finder.store.objects["dog"])
     store.add(finder.make_prototype("thing", negatives[:2], "thing"))
     store.add(finder.make_prototype("dog_global", list_images([examples / "dog"]), "dog", scoring="global"))
+    store.add(finder.make_prototype("dog_best", list_images([examples / "dog"]), "dog", negatives, scoring="region"))
     three = Finder(finder.bundle, store)
     others = [load_image(p) for p in list_images([examples / "heldout_others"])]
     photos = [load_image(p) for p in list_images([examples / "dog_heldout"])] + others[:3] \

@@ -79,6 +79,10 @@ def test_reports_of_other_protocols_are_not_paired(tmp_path):
         compare_reports(a, b)
     with pytest.raises(ValueError, match="share no"):
         compare_reports(a, _report({"cat": {"1": _result(0.9, [0.8], [True], 0.5, [1])}}))
+    validation = dict(a, protocol={**PROTOCOL, "split": "validation"})  # other test images: seen identities
+    with pytest.raises(ValueError, match="different protocols"):
+        compare_reports(a, validation)
+    compare_reports(a, dict(a, protocol={**PROTOCOL, "split": "test"}))  # before --split, every report was "test"
 
 
 def test_reports_of_one_seed_each_merge_into_one():

@@ -12,11 +12,13 @@ Inputs (M reference photos over all J objects, in the store's order):
     reference_embeddings [M, D], reference_box_features [M, C], reference_targets [M, C]
     reference_object [M, J]   1 where reference m belongs to object j, else 0
     region_scoring [J]        1 for objects scored max(global, region), 0 for global only
+    mean_scoring [J]          1 for objects whose references are averaged (scoring "mean"), 0 for
+                              the best reference (scoring "region" or "global")
     thresholds [J]            each object's calibrated threshold
 Outputs:
     global_score, region_score, score [N, J] (float32), present [N, J] (bool)
     region_box [N, J, 4]      the best window, grid cells x0, y0, x1, y1 (exclusive), as float32
-    window_scores [N, W, J]   every window against each object (its best reference)
+    window_scores [N, W, J]   every window against each object (its references' mean, or the best one)
     window_boxes [W, 4]       the windows, grid cells, as float32
     similarity_map [N, J, h, w]  each patch against each object's targets (its best reference)
 """
@@ -46,6 +48,7 @@ def scorer_model(grid_height: int, grid_width: int, embedding_dim: int, grid_dim
               helper.make_tensor_value_info("reference_targets", f32, ["M", c]),
               helper.make_tensor_value_info("reference_object", f32, ["M", "J"]),
               helper.make_tensor_value_info("region_scoring", f32, ["J"]),
+              helper.make_tensor_value_info("mean_scoring", f32, ["J"]),
               helper.make_tensor_value_info("thresholds", f32, ["J"])]
     outputs = [helper.make_tensor_value_info("global_score", f32, ["N", "J"]),
                helper.make_tensor_value_info("region_score", f32, ["N", "J"]),
@@ -62,18 +65,25 @@ def scorer_model(grid_height: int, grid_width: int, embedding_dim: int, grid_dim
                  numpy_helper.from_array(np.array(1.0, np.float32), "one"),
                  numpy_helper.from_array(np.array(-NOT_MINE, np.float32), "big"),
                  numpy_helper.from_array(np.array(1e-12, np.float32), "eps"),
-                 numpy_helper.from_array(np.array([-1], np.int64), "last_axis")]
+                 numpy_helper.from_array(np.array([-1], np.int64), "last_axis"),
+                 numpy_helper.from_array(np.array([0], np.int64), "first_axis")]
     node = helper.make_node
     nodes = [
         # a [M, J] penalty: 0 where the reference is the object's, NOT_MINE elsewhere
         node("Sub", ["reference_object", "one"], ["not_mine"]),
         node("Mul", ["not_mine", "big"], ["penalty"]),
-        # global: max over the object's references of embedding . reference embedding
+        # [M, J] weights of a mean over each object's references: 1 / K where the reference is its
+        node("ReduceSum", ["reference_object", "first_axis"], ["refs_per_object"], keepdims=1),  # [1, J]
+        node("Div", ["reference_object", "refs_per_object"], ["mean_weights"]),
+        node("Cast", ["mean_scoring"], ["use_mean"], to=TensorProto.BOOL),
+        # global: embedding . reference embedding, over the object's references (mean or max)
         node("Transpose", ["reference_embeddings"], ["ref_emb_t"], perm=[1, 0]),
         node("MatMul", ["embedding", "ref_emb_t"], ["global_all"]),  # [N, M]
         node("Unsqueeze", ["global_all", "last_axis"], ["global_all_1"]),  # [N, M, 1]
         node("Add", ["global_all_1", "penalty"], ["global_masked"]),  # [N, M, J]
-        node("ReduceMax", ["global_masked"], ["global_score"], axes=[1], keepdims=0),
+        node("ReduceMax", ["global_masked"], ["global_max"], axes=[1], keepdims=0),
+        node("MatMul", ["global_all", "mean_weights"], ["global_mean"]),  # [N, J]
+        node("Where", ["use_mean", "global_mean", "global_max"], ["global_score"]),
         # region windows: mean of their patches, L2-normalised (the mean's scale cancels)
         node("Reshape", ["patch_grid", "flat_shape"], ["grid_flat"]),  # [N, hw, C]
         node("MatMul", ["windows", "grid_flat"], ["pooled"]),  # [N, W, C]
@@ -85,7 +95,9 @@ def scorer_model(grid_height: int, grid_width: int, embedding_dim: int, grid_dim
         node("MatMul", ["windows_unit", "ref_box_t"], ["window_all"]),  # [N, W, M]
         node("Unsqueeze", ["window_all", "last_axis"], ["window_all_1"]),  # [N, W, M, 1]
         node("Add", ["window_all_1", "penalty"], ["window_masked"]),  # [N, W, M, J]
-        node("ReduceMax", ["window_masked"], ["window_scores"], axes=[2], keepdims=0),  # [N, W, J]
+        node("ReduceMax", ["window_masked"], ["window_max"], axes=[2], keepdims=0),  # [N, W, J]
+        node("MatMul", ["window_all", "mean_weights"], ["window_mean"]),  # [N, W, J]
+        node("Where", ["use_mean", "window_mean", "window_max"], ["window_scores"]),
         node("ReduceMax", ["window_scores"], ["region_score"], axes=[1], keepdims=0),
         node("ArgMax", ["window_scores"], ["best_window"], axis=1, keepdims=0),  # [N, J], first on ties
         node("Gather", ["window_boxes_const", "best_window"], ["region_box"], axis=0),

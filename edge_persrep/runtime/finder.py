@@ -7,9 +7,12 @@ Is the object in the photo? The paper scores the global embedding (max cosine to
 photos). In a cluttered photo where the object fills a quarter or a ninth of the frame that
 embedding is mostly something else, so the score also looks where the object may be: windows of
 the patch grid at three sizes (dense.pooled_windows) are compared with the references' object
-features, and the object's score is the larger of the two. `present` compares it with a threshold
-calibrated at enrolment on the same kind of scores: the references (each against the others),
-2x2 and 3x3 scenes composed of a reference among negatives, the negatives and scenes of them.
+features, and the object's score is the larger of the two. Both compare with *every* reference
+and take the mean (scoring "mean"), not the best one: a look-alike that happens to resemble one
+of the photos does not win (README, "Scoring by the references' mean"). `present` compares the
+score with a threshold calibrated at enrolment on the same kind of scores: the references (each
+against the others), 2x2 and 3x3 scenes composed of a reference among negatives, the negatives
+and scenes of them.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class Match:
     name: str
     score: float  # max(global_score, region_score) (only global_score for objects enrolled before regions)
     present: bool  # score >= the object's calibrated threshold
-    global_score: float = 0.0  # paper: max cosine of the photo's embedding to the object's references
+    global_score: float = 0.0  # cosine of the photo's embedding to the object's references (their mean;
+    # the best one for objects scored "region" or "global", as the paper does)
     region_score: float = 0.0  # best window of the patch grid against the references' object features
     region_box: tuple[int, int, int, int] | None = None  # that window, in photo pixels
     box: tuple[int, int, int, int] | None = None  # [x0, y0, x1, y1) in photo pixels
@@ -169,14 +173,14 @@ class Finder:
         """All objects' reference embeddings [sum K, D] and object features [sum K, C] stacked once,
         with row offsets per object, so scoring thousands of objects is two matrix products; rebuilt
         when the store changes."""
-        key = id(self.store), tuple(self.store.objects)
-        if getattr(self, "_matrix_key", None) != key:
-            objects = list(self.store.objects.values())
+        objects = list(self.store.objects.values())
+        cached = getattr(self, "_matrix", None)
+        if cached is None or len(cached[3]) != len(objects) or any(a is not b for a, b in zip(cached[3], objects)):
+            # (by identity: an object enrolled again under its name is a new Prototype)
             sizes = [len(p.embeddings) for p in objects]
             self._matrix = (np.concatenate([p.embeddings for p in objects]),
                             np.concatenate([p.box_features for p in objects]),
                             np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), objects)
-            self._matrix_key = key
         return self._matrix
 
     @one_blas_thread()
@@ -184,17 +188,16 @@ class Finder:
         """Each object's global, region and combined score, and `present` at its threshold."""
         chosen = self._objects(names)
         embeddings, object_features, offsets, objects = self._reference_matrix()
-        global_best = np.maximum.reduceat(embeddings @ features.embedding, offsets)
+        rules = [p.scoring for p in objects]
+        global_scores = per_object(embeddings @ features.embedding, offsets, rules)  # [objects]
         windows, cells = self._region_windows(features)
-        window_sims = windows @ object_features.T  # [windows, sum K]
-        best_per_reference, best_window = window_sims.max(axis=0), window_sims.argmax(axis=0)
-        bounds = list(offsets) + [len(best_per_reference)]
+        window_scores = per_object(windows @ object_features.T, offsets, rules)  # [windows, objects]
+        region_scores, best_window = window_scores.max(axis=0), window_scores.argmax(axis=0)
         match_of = {}
         for i, p in enumerate(objects):
-            reference = bounds[i] + int(np.argmax(best_per_reference[bounds[i]:bounds[i + 1]]))
-            g, r = float(global_best[i]), float(best_per_reference[reference])
+            g, r = float(global_scores[i]), float(region_scores[i])
             score = combined_score(g, r, p.scoring)
-            box = dense.cells_to_pixels(cells[best_window[reference]], features.grid.shape[:2], features.width,
+            box = dense.cells_to_pixels(cells[best_window[i]], features.grid.shape[:2], features.width,
                                         features.height)
             match_of[p.name] = Match(p.name, score, score >= p.threshold, g, r, box)
         return [match_of[p.name] for p in chosen]
@@ -238,7 +241,7 @@ class Finder:
         """Where the object is in the photo (pixels): the box `locate` keeps its blob to
         (dense.object_window over the region windows)."""
         windows, cells = self._region_windows(features)
-        extent = dense.object_window((windows @ p.box_features.T).max(axis=1), cells)
+        extent = dense.object_window(over_references(windows @ p.box_features.T, p.scoring), cells)
         return dense.cells_to_pixels(extent, features.grid.shape[:2], features.width, features.height)
 
     def _region_windows(self, features: ImageFeatures) -> tuple[np.ndarray, np.ndarray]:
@@ -262,12 +265,13 @@ class Finder:
     # --- enrolment ----------------------------------------------------------------------------
     def make_prototype(self, name: str, photos: Sequence[str | os.PathLike | Image.Image], category: str = "",
                        negatives: Sequence[str | os.PathLike | Image.Image] = (),
-                       masks: Sequence[np.ndarray] | None = None, scoring: str = "region",
+                       masks: Sequence[np.ndarray] | None = None, scoring: str = "mean",
                        others: Sequence[Image.Image] | None = None) -> Prototype:
         """Embed reference photos and take their object patches from `masks` (bool, photo-sized)
         or, without masks, find them (dense.foreground_patches). The threshold is calibrated
         against `negatives` and the photos of the user's other objects: `others`, or by default
-        every other object already in the store (see the module docstring)."""
+        every other object already in the store (see the module docstring). `scoring`: a rule of
+        SCORING_RULES (the older ones are kept for comparisons)."""
         images, negative_images = _as_images(photos), _as_images(negatives)
         feats, neg_feats = self.embed(images), self.embed(negative_images)
         c = self.bundle.layout.grid_dim
@@ -296,7 +300,7 @@ class Finder:
         """Scores of the object (each reference, alone and in 2x2/3x3 scenes among negatives, against
         the other references) and of other things (the negatives, and scenes made only of them).
         Scenes are for region scoring only; "global" calibrates as the paper's score always did."""
-        use_scenes = bool(negative_images) and scoring == "region"  # "global": calibrated as before regions
+        use_scenes = bool(negative_images) and scoring != "global"  # "global": calibrated as before regions
         positives: list[float] = []
         if len(images) > 1:
             for i, (image, f) in enumerate(zip(images, feats)):
@@ -345,18 +349,32 @@ class Finder:
             self.store.save(path)
 
 
-def combined_score(global_score: float, region_score: float, scoring: str = "region") -> float:
+def over_references(similarities: np.ndarray, scoring: str = "mean") -> np.ndarray:
+    """Cosines to one object's references (last axis) -> the object's: their mean under scoring
+    "mean", the best one under "region" and "global" (objects enrolled before "mean")."""
+    return similarities.mean(axis=-1) if scoring == "mean" else similarities.max(axis=-1)
+
+
+def per_object(similarities: np.ndarray, offsets: np.ndarray, rules: Sequence[str]) -> np.ndarray:
+    """over_references for many objects at once: cosines [..., sum K] to every object's references
+    stacked (object i's start at offsets[i]) -> [..., objects], each by its own scoring rule."""
+    sizes = np.diff(np.append(offsets, similarities.shape[-1]))
+    means = np.add.reduceat(similarities, offsets, axis=-1) / sizes.astype(similarities.dtype)
+    return np.where([r == "mean" for r in rules], means, np.maximum.reduceat(similarities, offsets, axis=-1))
+
+
+def combined_score(global_score: float, region_score: float, scoring: str = "mean") -> float:
     """The score `present` is judged on: the larger of the two, or the global one for objects
     enrolled before region scoring (their threshold was calibrated on it)."""
-    return max(global_score, region_score) if scoring == "region" else global_score
+    return global_score if scoring == "global" else max(global_score, region_score)
 
 
 def object_score(features: ImageFeatures, embeddings: np.ndarray, box_features: np.ndarray,
-                 scoring: str = "region") -> float:
+                 scoring: str = "mean") -> float:
     """One photo's score for one object from its references' arrays, as `classify` computes it."""
     windows, _ = dense.region_windows(features.grid)
-    return combined_score(float((embeddings @ features.embedding).max()), float((windows @ box_features.T).max()),
-                          scoring)
+    return combined_score(float(over_references(embeddings @ features.embedding, scoring)),
+                          float(over_references(windows @ box_features.T, scoring).max()), scoring)
 
 
 def scene_with(photo: Image.Image, fillers: Sequence[Image.Image], n: int, offset: int = 0) -> Image.Image:

@@ -35,7 +35,7 @@ from .tensor_file import from_safetensors, to_safetensors
 STORE_FORMAT_VERSION = 2
 STORE_FORMAT = "edge-persrep-store"
 LEGACY_SUFFIX = ".npz"  # format 1
-SCORING_RULES = ("region", "global")
+SCORING_RULES = ("mean", "region", "global")  # finder.py: how an object's references are combined
 
 
 @dataclass
@@ -47,8 +47,9 @@ class Prototype:
     box_features: np.ndarray
     threshold: float
     photos: list[bytes] = field(default_factory=list)
-    scoring: str = "region"  # what `threshold` was calibrated on: "region" (max of global and region
-    # score, finder.py) or "global" (the embedding alone; objects enrolled before region scoring)
+    scoring: str = "mean"  # what `threshold` was calibrated on (finder.py): "mean" (max of global and
+    # region score, each the mean over the references), "region" (the same with the best reference;
+    # objects enrolled before 2026-12-05) or "global" (the embedding alone; before region scoring)
 
 
 @dataclass
@@ -76,7 +77,8 @@ class PrototypeStore:
                 "reference_box_features": np.concatenate([p.box_features for p in objects]).astype(np.float32),
                 "reference_targets": np.concatenate([p.targets for p in objects]).astype(np.float32),
                 "reference_object": np.eye(len(objects), dtype=np.float32)[owner],
-                "region_scoring": np.array([p.scoring == "region" for p in objects], np.float32),
+                "region_scoring": np.array([p.scoring != "global" for p in objects], np.float32),
+                "mean_scoring": np.array([p.scoring == "mean" for p in objects], np.float32),
                 "thresholds": np.array([p.threshold for p in objects], np.float32)}
 
     def to_bytes(self) -> bytes:

@@ -107,7 +107,8 @@ function scorerInputs(ort, objects) {
     reference_box_features: stack("boxFeatures", c),
     reference_targets: stack("targets", c),
     reference_object: new ort.Tensor("float32", owner, [refs, j]),
-    region_scoring: new ort.Tensor("float32", Float32Array.from(objects, (o) => (o.scoring === "region" ? 1 : 0)), [j]),
+    region_scoring: new ort.Tensor("float32", Float32Array.from(objects, (o) => (o.scoring === "global" ? 0 : 1)), [j]),
+    mean_scoring: new ort.Tensor("float32", Float32Array.from(objects, (o) => (o.scoring === "mean" ? 1 : 0)), [j]),
     thresholds: new ort.Tensor("float32", Float32Array.from(objects, (o) => o.threshold), [j]),
   };
 }
