@@ -255,6 +255,7 @@ def test_a_run_recorded_before_a_training_setting_existed_still_resumes(personal
     assert fresh.plan().train_config.precision == "bf16"
 
 
+@pytest.mark.slow  # two personalize runs (~45 s); refusing other negatives is in the default run
 def test_rerun_with_other_settings_is_refused_not_mixed(personalized_run, examples, tmp_path):
     import shutil
 
@@ -270,6 +271,7 @@ def test_rerun_with_other_settings_is_refused_not_mixed(personalized_run, exampl
     assert sorted(p.name for p in (run / "photos").iterdir()) == ["000_00.jpg", "001_01.jpg"]
 
 
+@pytest.mark.slow  # a personalize + two exports on local weights (~50 s)
 def test_run_on_local_weights_is_re_exported_on_them_and_refuses_others(examples, tmp_path):
     """run.json records --weights (path + sha256); `export RUN` rebuilds the backbone from that file,
     not from the packaged weights, and refuses a file whose contents changed."""

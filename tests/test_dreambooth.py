@@ -303,6 +303,7 @@ def test_bad_input_fails_before_any_long_work(method, tiny_sd, examples, tmp_pat
     assert not (out / "synth").exists()  # nothing was generated
 
 
+@pytest.mark.slow  # DreamBooth through `personalize` (~75 s); its stages are tested one by one by default
 def test_dreambooth_personalize_end_to_end(tiny_sd, examples, tmp_path):
     """fine-tune -> sample -> filter -> train -> export -> find, on CPU against the tiny pipeline."""
     run = tmp_path / "run"
@@ -333,6 +334,7 @@ def test_dreambooth_personalize_end_to_end(tiny_sd, examples, tmp_path):
     assert not (tmp_path / "run2" / "synth" / "positives").exists()
 
 
+@pytest.mark.slow  # two generating processes (~40 s); one process's resumable generation is in the default run
 def test_two_processes_make_exactly_the_images_one_makes(tiny_sd, examples, tmp_path):
     """`synth` sharded over 2 processes (torchrun, gloo on CPU; one per GPU on a GPU machine): the
     same files, the same pictures, one joined manifest, no part manifests left."""
@@ -551,6 +553,7 @@ def test_patchdpo_refines_the_lora_with_the_weighted_loss_and_resumes(tiny_sd, e
     assert all(row[1] == 0.0 and row[2] > 0 for row in losses)
 
 
+@pytest.mark.slow  # PatchDPO through the CLI (~25 s); the weighted loss and its resume are in the default run
 def test_refine_patchdpo_from_the_cli(tiny_sd, examples, tmp_path):
     data = tmp_path / "data"
     run_cli("--offline", "synth", examples / "dog", "--category", "dog", "--out", data, "--sd-model", tiny_sd, *TINY,

@@ -49,6 +49,7 @@ def test_generated_holdout_is_every_third_and_capped():
     assert generated_holdout(2, limit=32) == ([0, 1], [])
 
 
+@pytest.mark.slow  # a personalize with --calibrate-on held-out (~35 s); the holdout's choice is in the default run
 def test_held_out_run_calibrates_on_identities_it_did_not_train_on(examples, tmp_path):
     """`--calibrate-on held-out`: the example negatives are 4 dogs (dog2_00.jpg ...); one is held out
     of training, whole, and enrolment calibrates on it; the run records which; export agrees."""

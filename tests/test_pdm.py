@@ -45,6 +45,7 @@ def test_features_come_from_the_inverted_latent_and_the_attention_hooks(tiny_sd,
     assert not np.allclose(appearance, other, atol=1e-3)  # they describe the photo
 
 
+@pytest.mark.slow  # a whole `eval` with PDM (~60 s); PDM's features are in the default run
 def test_eval_reports_pdm_beside_the_backbone_and_says_the_model_is_random(tiny_sd, tmp_path):
     run_cli("make-dataset", "procedural", "--out", tmp_path / "data", "--objects", "4", "--seed", "1")
     out = run_cli("eval", "--dataset", tmp_path / "data", "--layout", "procedural", "--synth", "",
