@@ -34,7 +34,6 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -140,14 +139,12 @@ def main(argv=None) -> int:
         for seed in seeds:
             runs, seconds = {}, {}
             for m in members:
-                started = time.time()
                 bundle = personalize(PersonalizeRequest(
                     subjects[m].photos[:3], m, subjects[m].category, args.out / "runs" / group / f"{m}-seed{seed}{tag}",
                     negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
                     device="cpu", train_precision=args.train_precision))
-                seconds[m] = round(time.time() - started, 1)
+                seconds[m] = RunDir(bundle.parent).recorded_seconds()  # resumed: what the run cost when made
                 runs[m] = Finder.open(bundle)
-            started = time.time()
             steps = (args.steps or get_preset(args.preset).steps) * len(members) \
                 if args.joint_steps == "per-object" else args.steps
             suffix = "" if args.joint_steps == "preset" else f"-{args.joint_steps}-steps"
@@ -156,8 +153,8 @@ def main(argv=None) -> int:
                  for m in members], args.out / "runs" / group / f"joint{suffix}-seed{seed}{tag}",
                 negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=steps, seed=seed,
                 device="cpu", train_precision=args.train_precision))
-            joint_seconds = round(time.time() - started, 1)
             joint_record = json.loads((joint_bundle.parent / "joint.json").read_text())
+            joint_seconds = joint_record["seconds"]  # the generation's time, as recorded when it was made
             per_object_training = [RunDir(runs[m].bundle.root.parent).training_summary() or {} for m in members]
             joint = Finder.open(joint_bundle)
             entry["seeds"][str(seed)] = {

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -189,13 +188,12 @@ def main(argv=None) -> int:
                "pretrained": evaluate(pretrained, target, subjects, shown, test, unused or seen_photos, args.scoring),
                "personalized": {}, "personalize_seconds": {}}
         for seed in seeds:
-            started = time.time()
             bundle = personalize(PersonalizeRequest(
                 s.photos[:3], target, s.category, args.out / "runs" / runs_folder / f"{target}-seed{seed}",
                 negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
                 device="cpu", calibrate_on=args.calibrate_on, train_precision=args.train_precision))
-            row["personalize_seconds"][str(seed)] = round(time.time() - started, 1)
             run = RunDir(bundle.parent)
+            row["personalize_seconds"][str(seed)] = run.recorded_seconds()  # a resumed run: what it cost then
             record = run.read()
             calibration = run.enrolment_negatives(record)
             row["personalized"][str(seed)] = evaluate(bundle, target, subjects, shown, test, unused or calibration,

@@ -136,14 +136,19 @@ def test_export_at_a_larger_input_size_gives_a_finer_grid_and_still_finds(person
 
 
 def test_rerun_redoes_no_finished_stage(personalized_run, examples):
-    """A rerun of a finished run trains, synthesises, exports and enrols nothing again."""
+    """A rerun of a finished run trains, synthesises, exports and enrols nothing again, and run.json
+    still says what the stages cost when they were done (a rerun wrote 0 s over them before)."""
     watched = [personalized_run / "train" / "loss.json", personalized_run / "synth" / "manifest.json",
                personalized_run / "bundle" / "bundle.json", personalized_run / "bundle" / "model.onnx",
                personalized_run / "bundle" / "prototypes.safetensors"]
     before = [p.stat().st_mtime_ns for p in watched]
+    timings = json.loads((personalized_run / "run.json").read_text())["timings"]
+    assert timings["train_s"] > 0
     run_cli("personalize", examples / "dog", "--name", "my_dog", "--category", "dog", "--out", personalized_run,
             "--negatives", examples / "negatives", "--steps", "4", "--seed", "1")
     assert [p.stat().st_mtime_ns for p in watched] == before
+    again = json.loads((personalized_run / "run.json").read_text())["timings"]
+    assert all(timings[k] <= again[k] < timings[k] + 5 for k in ("synth_s", "train_s"))
 
 
 @pytest.mark.parametrize("args,message", [

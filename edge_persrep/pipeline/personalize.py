@@ -56,9 +56,11 @@ def personalize(request: PersonalizeRequest) -> Path:
 
 @contextlib.contextmanager
 def _timed(timings: dict[str, float], key: str):
+    """Add the stage's time to what earlier invocations of this run spent on it (run.json keeps
+    the run's cost: a rerun that reuses a finished stage adds about nothing, and does not erase it)."""
     started = time.time()
     yield
-    timings[key] = round(time.time() - started, 1)
+    timings[key] = round(timings.get(key, 0.0) + time.time() - started, 1)
 
 
 @dataclass
@@ -89,7 +91,7 @@ def prepare(plan: Plan, run: RunDir, timings: dict) -> Prepared:
     request = plan.request
     identities, images = gather_negatives([Path(d) for d in request.negatives], request.others)
     record = _record(plan, images, timings)
-    run.resume(record, request.force)  # before anything in the run is reused or overwritten
+    timings.update(run.resume(record, request.force))  # before anything in the run is reused or overwritten
     reference = run.copy_photos(plan.photos)
     masks = run.copy_masks(plan.mask_arrays, reference) if plan.mask_arrays else None
     model = plan.source.build()

@@ -92,6 +92,11 @@ class RunDir:
     def read(self) -> dict:
         return json.loads(self.run_json.read_text())
 
+    def recorded_seconds(self) -> float:
+        """The run's wall time as run.json records it: its stages, summed over the invocations that
+        made them (a resumed run keeps what its finished stages cost)."""
+        return round(sum((self.read().get("timings") or {}).values()), 1)
+
     def recorded_precision(self) -> str | None:
         """The training precision this run was started with (None: no run here yet); runs from
         before the setting existed trained in fp32."""
@@ -102,21 +107,23 @@ class RunDir:
     def write(self, record: dict) -> None:
         atomic_write_json(self.run_json, record)
 
-    def resume(self, record: dict, force: bool) -> None:
+    def resume(self, record: dict, force: bool) -> dict[str, float]:
         """Before anything in the run is reused or overwritten: a run made with other settings is
-        refused (resuming would mix them), or with `force` its stages are deleted."""
+        refused (resuming would mix them), or with `force` its stages are deleted. Returns the stage
+        timings recorded so far for what is kept ({} for a new run or one started over)."""
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.run_json.is_file():
-            return
+            return {}
         old = self.read()
         changed = [k for k in RESUME_KEYS if not same_json(with_new_defaults(k, old.get(k)), record[k])]
         if not changed:
-            return
+            return dict(old.get("timings") or {})
         if not force:
             raise EdgePersrepError(f"{self.root}: this run was made with other settings ({', '.join(changed)}); "
                                    "resuming it would mix them. Use a new --out, or --force to start this run over")
         for stage in self.STAGES:
             shutil.rmtree(self.root / stage, ignore_errors=True)
+        return {}
 
     # --- the inputs, copied in: the run owns them ----------------------------------------------
 
