@@ -93,7 +93,8 @@ def test_whole_path_runs_with_the_network_cut_and_writes_nothing_outside(tmp_pat
     steps = [
         ["personalize", examples / "dog", "--name", "dog", "--category", "dog", "--out", run,
          "--negatives", examples / "negatives", "--steps", "2"],
-        ["find", run / "bundle", examples / "dog_heldout", "--json"],  # personalize exports: `export` is the same code
+        ["export", run, "--out", tmp_path / "again"],  # loads the backbone from the run's record, not the request
+        ["find", tmp_path / "again", examples / "dog_heldout", "--json"],
     ]
     for args in steps:
         out = subprocess.run([*cli, *map(str, args)], capture_output=True, text=True, env=env)
