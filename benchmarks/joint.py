@@ -13,6 +13,10 @@ Three systems, each enrolling every member from its first 3 photos with the seen
     per-object   one `personalize` run per member (what a user did before joint runs): N bundles,
                  each answering for its own member, N model runs per frame
     joint        one `personalize --object A=... --object B=...` run: one bundle, one model run
+The two systems with one bundle for the group are also scored with each member's `present` at its
+own threshold alone ("..., thresholds alone": Finder.one_per_place off), to show what the runtime's
+rule that one place in a frame is at most one of the user's look-alikes (finder.one_claim_per_place)
+changes; the per-object bundles hold one member each, so the rule never applies to them.
 
 Reported per member and system: eval/target_metrics (present bAcc / F1 at the calibrated threshold,
 AP, pointing, box IoU, retrieval top-1 among the members and unseen subjects), and
@@ -24,6 +28,7 @@ training time (the joint run against the sum of the per-object runs).
 
     python benchmarks/joint.py --data ../shared/data/dreambooth --out runs/bench-joint
     python benchmarks/joint.py ... --groups cats=cat,cat2 --seeds 0 --steps 20      (small, fast)
+    python benchmarks/joint.py ... --joint-only      (no per-object runs: pretrained and the joint model)
 Prints tables and writes OUT/joint.json after every group. Runs resume (one run directory per
 member or group and seed).
 """
@@ -58,14 +63,22 @@ GROUPS = {"dogs": ("dog", "dog2", "dog3"), "cats": ("cat", "cat2"),
           "sneakers": ("colorful_sneaker", "shiny_sneaker"), "toys": ("duck_toy", "monster_toy", "robot_toy")}
 METRICS = ("ap", "present_bacc", "present_f1", "pointing", "box_iou", "retrieval_top1", "confused_with_max")
 SYSTEMS = ("pretrained", "per-object", "joint")
+DIAGNOSTICS = ("pretrained, thresholds alone", "joint, thresholds alone")  # Finder.one_per_place off
 
 
-def score_system(finders: dict[str, Finder], members, subjects, split, test) -> dict:
+def score_system(finders: dict[str, Finder], members, subjects, split, test, one_per_place: bool = True,
+                 embedded: dict | None = None) -> dict:
     """Every member's metrics and the group's decisions. `finders`: member -> the Finder answering
-    for it (one shared Finder for pretrained / joint, each member's own for per-object)."""
+    for it (one shared Finder for pretrained / joint, each member's own for per-object).
+    `one_per_place`: Finder.one_per_place (False: each member's `present` at its own threshold
+    alone); `embedded` keeps each finder's features of the test, to score it again without a model run."""
     feats_of, matches_of = {}, {}
+    embedded = {} if embedded is None else embedded
     for finder in {id(f): f for f in finders.values()}.values():
-        feats = finder.embed([t.image for t in test])  # one model run per image and finder
+        finder.one_per_place = one_per_place
+        if id(finder) not in embedded:
+            embedded[id(finder)] = finder.embed([t.image for t in test])  # one model run per image and finder
+        feats = embedded[id(finder)]
         names = [m for m in members if finders[m] is finder]
         for m in names:
             feats_of[m] = feats
@@ -110,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", help="NAME=A,B[,C];NAME2=... (default: dogs, cats, sneakers, toys)")
     add_training_options(ap)
     ap.add_argument("--seeds", default="1", help="training seeds")
+    ap.add_argument("--joint-only", action="store_true",
+                    help="train and score no per-object models (pretrained and joint only)")
     ap.add_argument("--joint-steps", choices=["preset", "per-object"], default="preset",
                     help="a joint run's training steps: the preset's (as one object's run), or that times the "
                          "number of objects (each object gets as many anchor rows as in its own run)")
@@ -135,10 +150,14 @@ def main(argv=None) -> int:
         entry = {"members": list(members), "seen": list(split.seen), "unseen": list(split.unseen),
                  "note": split.note, "n_test": len(test), "seeds": {}}
         base = pretrained_bundle(pretrained, args.out / "runs" / group / "pretrained", members, subjects, seen)
-        entry["pretrained"] = score_system(dict.fromkeys(members, base), members, subjects, split, test)
+        embedded = {}
+        entry["pretrained"] = score_system(dict.fromkeys(members, base), members, subjects, split, test,
+                                           embedded=embedded)
+        entry["pretrained, thresholds alone"] = score_system(dict.fromkeys(members, base), members, subjects, split,
+                                                             test, one_per_place=False, embedded=embedded)
         for seed in seeds:
             runs, seconds = {}, {}
-            for m in members:
+            for m in () if args.joint_only else members:
                 bundle = personalize(PersonalizeRequest(
                     subjects[m].photos[:3], m, subjects[m].category, args.out / "runs" / group / f"{m}-seed{seed}{tag}",
                     negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
@@ -155,14 +174,18 @@ def main(argv=None) -> int:
                 device="cpu", train_precision=args.train_precision))
             joint_record = json.loads((joint_bundle.parent / "joint.json").read_text())
             joint_seconds = joint_record["seconds"]  # the generation's time, as recorded when it was made
-            per_object_training = [RunDir(runs[m].bundle.root.parent).training_summary() or {} for m in members]
+            per_object_training = [RunDir(runs[m].bundle.root.parent).training_summary() or {} for m in runs]
             joint = Finder.open(joint_bundle)
+            embedded = {}
             entry["seeds"][str(seed)] = {
-                "per-object": score_system(runs, members, subjects, split, test),
-                "joint": score_system(dict.fromkeys(members, joint), members, subjects, split, test),
+                "joint": score_system(dict.fromkeys(members, joint), members, subjects, split, test, embedded=embedded),
+                "joint, thresholds alone": score_system(dict.fromkeys(members, joint), members, subjects, split, test,
+                                                        one_per_place=False, embedded=embedded),
                 "seconds": {"per-object": seconds, "joint": joint_seconds,
                             "per-object_training": [t.get("seconds") for t in per_object_training],
                             "joint_training": joint_record["training"].get("seconds")}}
+            if runs:
+                entry["seeds"][str(seed)]["per-object"] = score_system(runs, members, subjects, split, test)
         report["groups"][group] = entry
         atomic_write_json(args.out / "joint.json", report)
         print_group(group, entry, seeds)
@@ -176,20 +199,27 @@ def print_group(group: str, entry: dict, seeds: list[int]) -> None:
     print("| member | system | " + " | ".join(METRICS) + " |")
     print("|" + "---|" * (len(METRICS) + 2))
     for m in entry["members"]:
-        systems = [("pretrained", [entry["pretrained"]])] + [
-            (s, [entry["seeds"][str(sd)][s] for sd in seeds]) for s in SYSTEMS[1:]]
-        for name, results in systems:
+        for name in SYSTEMS + DIAGNOSTICS:
+            results = system_results(entry, name, seeds)
             if results:
                 cells = [f"{np.mean([r['members'][m][k] for r in results]):.3f}" for k in METRICS]
                 print(f"| {m} | {name} | " + " | ".join(cells) + " |")
-    for name in SYSTEMS:
-        results = [entry["pretrained"]] if name == "pretrained" else [entry["seeds"][str(sd)][name] for sd in seeds]
+    for name in SYSTEMS + DIAGNOSTICS:
+        results = system_results(entry, name, seeds)
         if results:
             print(f"{name}: correct_id {np.mean([r['correct_id'] for r in results]):.3f}, "
                   f"none_rejected {np.mean([r['none_rejected'] for r in results]):.3f}")
     for sd in seeds:
         s = entry["seeds"][str(sd)]["seconds"]
-        print(f"seed {sd}: per-object runs {sum(s['per-object'].values()):.0f} s in all, joint run {s['joint']:.0f} s")
+        per_object = f"per-object runs {sum(s['per-object'].values()):.0f} s in all, " if s["per-object"] else ""
+        print(f"seed {sd}: {per_object}joint run {s['joint']:.0f} s")
+
+
+def system_results(entry: dict, name: str, seeds: list[int]) -> list[dict]:
+    """A system's scores in a group's entry: the pretrained ones once, the trained ones per seed."""
+    if name.startswith("pretrained"):
+        return [entry[name]] if name in entry else []
+    return [entry["seeds"][str(sd)][name] for sd in seeds if name in entry["seeds"][str(sd)]]
 
 
 if __name__ == "__main__":

@@ -483,6 +483,7 @@ def cmd_find(args) -> None:
         else:
             for r in results:
                 where = f" box={r['box']}" if r["box"] else ""
+                where += f" (outscored by {r['outscored_by']} here)" if r["outscored_by"] else ""
                 print(f"{path}\t{r['name']}\tscore={r['score']:.3f}\t{'PRESENT' if r['present'] else 'absent'}{where}")
     if unreadable:
         raise EdgePersrepError(f"{unreadable} photo(s) could not be read (listed above); the others were answered")
@@ -493,7 +494,7 @@ def match_json(finder, m, mask_path: Path | None = None) -> dict:
     from .runtime.dense import mask_to_rle
 
     return {"name": m.name, "score": round(m.score, 4), "present": m.present,
-            "threshold": round(finder.store.objects[m.name].threshold, 4),
+            "threshold": round(finder.store.objects[m.name].threshold, 4), "outscored_by": m.outscored_by,
             "global_score": round(m.global_score, 4), "region_score": round(m.region_score, 4),
             "region_box": list(m.region_box) if m.region_box is not None else None,
             "box": list(m.box) if (m.box is not None and m.present) else None,

@@ -9,6 +9,7 @@ import pytest
 from conftest import paste_scene
 
 from edge_persrep.runtime import EdgePersrepError, Finder, PrototypeStore, StoreError, dense, list_images, load_image
+from edge_persrep.runtime.finder import one_claim_per_place
 from edge_persrep.runtime.metrics import box_iou
 
 
@@ -262,16 +263,23 @@ def test_overlay_tints_a_red_object_in_another_colour_and_labels_it(tmp_path):
     assert (label == 255).all(axis=-1).any() and (label == 0).all(axis=-1).any()  # white text on black
 
 
-def test_a_port_written_from_the_format_doc_gets_the_runtimes_scores_and_decisions(finder, examples):
+def test_a_port_written_from_the_format_doc_gets_the_runtimes_scores_and_decisions(finder, examples, tmp_path):
     """docs/bundle-format.md's classify rule, written again here from the doc alone with the
-    `safetensors` library and plain onnxruntime (no edge_persrep code): same scores and `present`."""
+    `safetensors` library and plain onnxruntime (no edge_persrep code): same scores and `present`.
+    A second dog, enrolled from two of the first one's photos, claims the same place on the dog's
+    photos, so step 5 (one place, one look-alike) is ported and compared too."""
     import json
 
     import onnxruntime as ort
     from PIL import Image, ImageOps
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-    root = finder.bundle.root
+    root = tmp_path / "two_dogs"
+    shutil.copytree(finder.bundle.root, root)
+    runtime = Finder.open(root)
+    dogs = list_images([examples / "dog"])
+    runtime._save([runtime.make_prototype("dog_twin", dogs[:2], "dog", list_images([examples / "negatives"]),
+                                          others=[])])
     manifest = json.loads((root / "bundle.json").read_text())
     tensors = safetensors_numpy.load((root / manifest["store"]).read_bytes())
     meta = json.loads(tensors["meta"].tobytes())
@@ -279,29 +287,48 @@ def test_a_port_written_from_the_format_doc_gets_the_runtimes_scores_and_decisio
     session = ort.InferenceSession(str(root / manifest["files"]["model"]["path"]), providers=["CPUExecutionProvider"])
     size = manifest["input"]["size"]
     photos = list_images([examples / "dog_heldout", examples / "heldout_others"])
+    withdrawn = 0
     for path in photos:
         photo = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
         x = np.asarray(photo.resize((size, size), Image.BICUBIC), np.uint8)[None]
         e, grid = (a[0] for a in session.run(["embedding", "patch_grid"], {"image": x}))
         h, w, c = grid.shape
         sizes = list(dict.fromkeys((round(f * h), round(f * w)) for f in (0.3, 0.45, 0.6)))
-        windows = [grid[y:y + kh, x0:x0 + kw].reshape(-1, c).mean(axis=0)
-                   for kh, kw in sizes for y in range(h - kh + 1) for x0 in range(w - kw + 1)]
-        windows = np.stack([v / np.linalg.norm(v) for v in windows])
-        (expected,) = finder.classify(finder.embed([path])[0])
+        cells = [(x0, y, x0 + kw, y + kh) for kh, kw in sizes for y in range(h - kh + 1) for x0 in range(w - kw + 1)]
+        windows = np.stack([grid[y0:y1, x0:x1].reshape(-1, c).mean(axis=0) for x0, y0, x1, y1 in cells])
+        windows /= np.linalg.norm(windows, axis=1, keepdims=True)
+        scores, over, boxes = [], [], []
         for i, obj in enumerate(meta["objects"]):
-            over = np.mean if obj["scoring"] == "mean" else np.max  # over the object's references
-            g = float(over(tensors[f"o{i}.embeddings"] @ e))
-            r = float(over(windows @ tensors[f"o{i}.box_features"].T, axis=1).max())
-            score = g if obj["scoring"] == "global" else max(g, r)
-            assert obj["name"] == expected.name and score == pytest.approx(expected.score, abs=1e-5), path
-            assert (score >= obj["threshold"]) == expected.present, path
+            over_k = np.mean if obj["scoring"] == "mean" else np.max  # over the object's references
+            g = float(over_k(tensors[f"o{i}.embeddings"] @ e))
+            window_scores = over_k(windows @ tensors[f"o{i}.box_features"].T, axis=1)
+            r = float(window_scores.max())
+            scores.append(g if obj["scoring"] == "global" else max(g, r))
+            over.append(scores[-1] >= obj["threshold"])
+            boxes.append(cells[int(np.argmax(window_scores))])
+
+        def area(b):
+            return (b[2] - b[0]) * (b[3] - b[1])
+
+        def same_place(a, b):
+            inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+            return inter >= 0.5 * min(area(a), area(b))
+        expected = runtime.classify(runtime.embed([path])[0])
+        for i, obj in enumerate(meta["objects"]):
+            rival = any(over[k] and meta["objects"][k]["category"] == obj["category"] and same_place(boxes[i], boxes[k])
+                        and (scores[k] > scores[i] or (scores[k] == scores[i] and k < i))
+                        for k in range(len(scores)) if k != i)
+            withdrawn += bool(over[i] and rival)
+            assert obj["name"] == expected[i].name and scores[i] == pytest.approx(expected[i].score, abs=1e-5), path
+            assert (over[i] and not rival) == expected[i].present, path
+    assert withdrawn > 0  # step 5 decided something
 
 
 def test_the_bundles_scorer_graph_gives_the_runtimes_scores_boxes_and_maps(finder, examples):
     """scorer.onnx (what apps in other languages run after the model) against Finder, on real
     photos and scenes, with four objects: two scored by their references' mean, one by the best
-    reference (as enrolled before the mean), and one global-only."""
+    reference (as enrolled before the mean), and one global-only. Three are dogs enrolled from the
+    same photos, so on a dog photo they claim one place and only the best one is `present`."""
     import onnxruntime as ort
 
     from edge_persrep.runtime import PrototypeStore
@@ -324,7 +351,7 @@ def test_the_bundles_scorer_graph_gives_the_runtimes_scores_boxes_and_maps(finde
         "embedding": np.stack([f.embedding for f in feats]), "patch_grid": np.stack([f.grid for f in feats]),
         **store.scorer_inputs()})))
     assert out["window_boxes"].shape == (138, 4)  # Lite0's 10x10 grid: 3x3, 4x4 and 6x6 windows
-    presents = set()
+    presents, outscored = set(), set()
     for n, f in enumerate(feats):
         for j, m in enumerate(three.classify(f)):
             p = store.objects[m.name]
@@ -337,4 +364,40 @@ def test_the_bundles_scorer_graph_gives_the_runtimes_scores_boxes_and_maps(finde
             anchor = dense.object_window(out["window_scores"][n, :, j], out["window_boxes"].astype(int))
             assert dense.cells_to_pixels(anchor, f.grid.shape[:2], f.width, f.height) == three._object_extent(f, p)
             presents.add(m.present)
+            outscored.add(m.outscored_by is not None)
     assert presents == {True, False}  # both decisions were compared
+    assert outscored == {True, False}  # and the look-alike rule both withdrew and kept a `present`
+
+
+def test_one_place_is_at_most_one_of_the_users_look_alikes():
+    """finder.one_claim_per_place by hand: windows (x0, y0, x1, y1) in grid cells."""
+    whole, left, right, top_left = (0, 0, 10, 10), (0, 0, 5, 10), (5, 0, 10, 10), (0, 0, 4, 4)
+    # two cats at one place: the better one stays, the other is withdrawn in its favour
+    assert one_claim_per_place([0.6, 0.7], [True, True], [whole, left], ["cat", "cat"]).tolist() == [1, -1]
+    # the same two cats in two places of the frame: both stay
+    assert one_claim_per_place([0.6, 0.7], [True, True], [left, right], ["cat", "cat"]).tolist() == [-1, -1]
+    # a small window inside a large one is the same place (overlap of the smaller window's area)
+    assert one_claim_per_place([0.6, 0.7], [True, True], [whole, top_left], ["cat", "cat"]).tolist() == [1, -1]
+    # a look-alike under its own threshold takes nothing; another category never competes
+    assert one_claim_per_place([0.6, 0.7], [True, False], [whole, whole], ["cat", "cat"]).tolist() == [-1, -1]
+    assert one_claim_per_place([0.6, 0.7], [True, True], [whole, whole], ["cat", "dog"]).tolist() == [-1, -1]
+    # equal scores: the earlier object wins; pairs are judged each on its own (no greedy chain):
+    # 2 outscores 1 and 1 outscores 0 at one place, so both 0 and 1 go to the best one, 2
+    assert one_claim_per_place([0.5, 0.5], [True, True], [whole, whole], ["cat", "cat"]).tolist() == [-1, 0]
+    assert one_claim_per_place([0.5, 0.6, 0.7], [True] * 3, [whole] * 3, ["dog"] * 3).tolist() == [2, 2, -1]
+    assert one_claim_per_place([], [], np.zeros((0, 4)), []).tolist() == []
+
+
+def test_the_look_alike_rule_can_be_turned_off(finder, examples):
+    """Two dogs enrolled from the same photos: with the rule one of them is present on a dog photo
+    (the other names it in `outscored_by`); with it off, both are, each at its own threshold."""
+    store = PrototypeStore(finder.store.model_sha256, finder.store.embedding_dim, finder.store.grid_dim)
+    store.add(finder.store.objects["dog"])
+    dogs, negatives = list_images([examples / "dog"]), list_images([examples / "negatives"])
+    store.add(finder.make_prototype("dog_twin", dogs[:2], "dog", negatives, others=[]))
+    photo = finder.embed(list_images([examples / "dog_heldout"])[:1])[0]
+    ruled = {m.name: m for m in Finder(finder.bundle, store).classify(photo)}
+    alone = {m.name: m for m in Finder(finder.bundle, store, one_per_place=False).classify(photo)}
+    assert alone["dog"].present and alone["dog_twin"].present
+    winner, loser = sorted(ruled, key=lambda n: -ruled[n].score)
+    assert ruled[winner].present and not ruled[loser].present and ruled[loser].outscored_by == winner

@@ -15,8 +15,12 @@ Inputs (M reference photos over all J objects, in the store's order):
     mean_scoring [J]          1 for objects whose references are averaged (scoring "mean"), 0 for
                               the best reference (scoring "region" or "global")
     thresholds [J]            each object's calibrated threshold
+    same_category [J, J]      1 where objects i and j have the same category (1 on the diagonal)
 Outputs:
-    global_score, region_score, score [N, J] (float32), present [N, J] (bool)
+    global_score, region_score, score [N, J] (float32)
+    present [N, J] (bool)     score >= threshold, and no object of the same category that is
+                              present with a higher score has its best window at the same place
+                              (runtime/finder.one_claim_per_place)
     region_box [N, J, 4]      the best window, grid cells x0, y0, x1, y1 (exclusive), as float32
     window_scores [N, W, J]   every window against each object (its references' mean, or the best one)
     window_boxes [W, 4]       the windows, grid cells, as float32
@@ -28,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..runtime import dense
+from ..runtime.finder import SAME_PLACE
 
 SCORER_OPSET = 17
 NOT_MINE = -1.0e4  # added to a reference's cosine for the objects it does not belong to, before the max
@@ -49,7 +54,8 @@ def scorer_model(grid_height: int, grid_width: int, embedding_dim: int, grid_dim
               helper.make_tensor_value_info("reference_object", f32, ["M", "J"]),
               helper.make_tensor_value_info("region_scoring", f32, ["J"]),
               helper.make_tensor_value_info("mean_scoring", f32, ["J"]),
-              helper.make_tensor_value_info("thresholds", f32, ["J"])]
+              helper.make_tensor_value_info("thresholds", f32, ["J"]),
+              helper.make_tensor_value_info("same_category", f32, ["J", "J"])]
     outputs = [helper.make_tensor_value_info("global_score", f32, ["N", "J"]),
                helper.make_tensor_value_info("region_score", f32, ["N", "J"]),
                helper.make_tensor_value_info("score", f32, ["N", "J"]),
@@ -66,7 +72,11 @@ def scorer_model(grid_height: int, grid_width: int, embedding_dim: int, grid_dim
                  numpy_helper.from_array(np.array(-NOT_MINE, np.float32), "big"),
                  numpy_helper.from_array(np.array(1e-12, np.float32), "eps"),
                  numpy_helper.from_array(np.array([-1], np.int64), "last_axis"),
-                 numpy_helper.from_array(np.array([0], np.int64), "first_axis")]
+                 numpy_helper.from_array(np.array([0], np.int64), "first_axis"),
+                 numpy_helper.from_array(np.array([1], np.int64), "second_axis"),
+                 numpy_helper.from_array(np.array(SAME_PLACE, np.float32), "same_place_share"),
+                 numpy_helper.from_array(np.array(0, np.int64), "zero_i"),
+                 numpy_helper.from_array(np.array(1, np.int64), "one_i")]
     node = helper.make_node
     nodes = [
         # a [M, J] penalty: 0 where the reference is the object's, NOT_MINE elsewhere
@@ -107,7 +117,42 @@ def scorer_model(grid_height: int, grid_width: int, embedding_dim: int, grid_dim
         node("Relu", ["gain"], ["gain_pos"]),
         node("Mul", ["gain_pos", "region_scoring"], ["gain_used"]),
         node("Add", ["global_score", "gain_used"], ["score"]),
-        node("GreaterOrEqual", ["score", "thresholds"], ["present"]),
+        node("GreaterOrEqual", ["score", "thresholds"], ["over_threshold"]),  # [N, J]
+        # one place, one of the user's look-alikes (finder.one_claim_per_place): [N, i, k] pairs
+        node("Split", ["region_box"], ["bx0", "by0", "bx1", "by1"], axis=2),  # each [N, J, 1]
+        *[node("Transpose", [b], [b + "_k"], perm=[0, 2, 1]) for b in ("bx0", "by0", "bx1", "by1")],  # [N, 1, J]
+        node("Max", ["bx0", "bx0_k"], ["ix0"]), node("Max", ["by0", "by0_k"], ["iy0"]),
+        node("Min", ["bx1", "bx1_k"], ["ix1"]), node("Min", ["by1", "by1_k"], ["iy1"]),
+        node("Sub", ["ix1", "ix0"], ["iw_raw"]), node("Relu", ["iw_raw"], ["iw"]),
+        node("Sub", ["iy1", "iy0"], ["ih_raw"]), node("Relu", ["ih_raw"], ["ih"]),
+        node("Mul", ["iw", "ih"], ["intersection"]),  # [N, J, J]
+        node("Sub", ["bx1", "bx0"], ["bw"]), node("Sub", ["by1", "by0"], ["bh"]),
+        node("Mul", ["bw", "bh"], ["area"]), node("Transpose", ["area"], ["area_k"], perm=[0, 2, 1]),
+        node("Min", ["area", "area_k"], ["smaller"]),
+        node("Mul", ["smaller", "same_place_share"], ["needed"]),
+        node("GreaterOrEqual", ["intersection", "needed"], ["same_place"]),
+        node("Unsqueeze", ["score", "last_axis"], ["score_i"]),  # [N, J, 1]
+        node("Unsqueeze", ["score", "second_axis"], ["score_k"]),  # [N, 1, J]
+        node("Greater", ["score_k", "score_i"], ["higher"]),
+        node("Equal", ["score_k", "score_i"], ["tied"]),
+        node("Shape", ["thresholds"], ["j_shape"]),
+        node("Squeeze", ["j_shape", "first_axis"], ["j_count"]),
+        node("Range", ["zero_i", "j_count", "one_i"], ["order"]),  # [J]
+        node("Unsqueeze", ["order", "last_axis"], ["order_i"]),  # [J, 1]
+        node("Unsqueeze", ["order", "first_axis"], ["order_k"]),  # [1, J]
+        node("Less", ["order_k", "order_i"], ["earlier"]),  # [J, J]: k enrolled before i
+        node("And", ["tied", "earlier"], ["tie_won"]),
+        node("Or", ["higher", "tie_won"], ["beats"]),
+        node("Cast", ["same_category"], ["kin"], to=TensorProto.BOOL),
+        node("Unsqueeze", ["over_threshold", "last_axis"], ["present_i"]),
+        node("Unsqueeze", ["over_threshold", "second_axis"], ["present_k"]),
+        node("And", ["same_place", "beats"], ["r1"]), node("And", ["r1", "kin"], ["r2"]),
+        node("And", ["r2", "present_i"], ["r3"]), node("And", ["r3", "present_k"], ["rivals"]),
+        node("Cast", ["rivals"], ["rivals_f"], to=f32),
+        node("ReduceMax", ["rivals_f"], ["has_rival_f"], axes=[2], keepdims=0),  # [N, J]
+        node("Cast", ["has_rival_f"], ["has_rival"], to=TensorProto.BOOL),
+        node("Not", ["has_rival"], ["no_rival"]),
+        node("And", ["over_threshold", "no_rival"], ["present"]),
         # similarity maps: each patch against the object's targets
         node("Transpose", ["reference_targets"], ["ref_tgt_t"], perm=[1, 0]),
         node("MatMul", ["grid_flat", "ref_tgt_t"], ["patch_all"]),  # [N, hw, M]

@@ -41,6 +41,7 @@ from .video import stream as stream_frames
 PHOTO_SIDE = 384  # reference photos kept in the store are downscaled to this long side
 SCENE_GRIDS = (2, 3)  # enrolment calibrates on 2x2 and 3x3 scenes (one reference among negatives)
 SCENE_SIDE = 640
+SAME_PLACE = 0.5  # two best windows claim one thing when their overlap covers this share of the smaller
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Match:
     box: tuple[int, int, int, int] | None = None  # [x0, y0, x1, y1) in photo pixels
     box_score: float | None = None  # max cosine of box-pooled patches to the references' (paper)
     mask: np.ndarray | None = None  # bool [height, width]
+    outscored_by: str | None = None  # the user's object of the same category that passed its threshold
+    # with a higher score at the same place: `present` is False for this one (one_claim_per_place)
 
 
 def decision_threshold(positives: Sequence[float], negatives: Sequence[float], default: float) -> float:
@@ -134,8 +137,9 @@ class Finder:
     the fix.
     """
 
-    def __init__(self, bundle: Bundle, store: PrototypeStore | None = None):
+    def __init__(self, bundle: Bundle, store: PrototypeStore | None = None, one_per_place: bool = True):
         self.bundle = bundle
+        self.one_per_place = one_per_place  # False: each object's `present` at its threshold alone
         if store is None:
             if bundle.store_path.exists():
                 store = PrototypeStore.load(bundle.store_path, bundle.model_sha256)
@@ -193,13 +197,19 @@ class Finder:
         windows, cells = self._region_windows(features)
         window_scores = per_object(windows @ object_features.T, offsets, rules)  # [windows, objects]
         region_scores, best_window = window_scores.max(axis=0), window_scores.argmax(axis=0)
+        scores = np.array([combined_score(float(g), float(r), p.scoring)
+                           for g, r, p in zip(global_scores, region_scores, objects)])
+        thresholds = np.array([p.threshold for p in objects])
+        present = scores >= thresholds
+        rival = (one_claim_per_place(scores, present, cells[best_window], [p.category for p in objects])
+                 if self.one_per_place else np.full(len(objects), -1))
         match_of = {}
         for i, p in enumerate(objects):
-            g, r = float(global_scores[i]), float(region_scores[i])
-            score = combined_score(g, r, p.scoring)
             box = dense.cells_to_pixels(cells[best_window[i]], features.grid.shape[:2], features.width,
                                         features.height)
-            match_of[p.name] = Match(p.name, score, score >= p.threshold, g, r, box)
+            match_of[p.name] = Match(p.name, float(scores[i]), bool(present[i] and rival[i] < 0),
+                                     float(global_scores[i]), float(region_scores[i]), box,
+                                     outscored_by=objects[rival[i]].name if rival[i] >= 0 else None)
         return [match_of[p.name] for p in chosen]
 
     @one_blas_thread()
@@ -367,6 +377,32 @@ def combined_score(global_score: float, region_score: float, scoring: str = "mea
     """The score `present` is judged on: the larger of the two, or the global one for objects
     enrolled before region scoring (their threshold was calibrated on it)."""
     return global_score if scoring == "global" else max(global_score, region_score)
+
+
+def one_claim_per_place(scores: np.ndarray, present: np.ndarray, windows: np.ndarray,
+                        categories: Sequence[str], overlap: float = SAME_PLACE) -> np.ndarray:
+    """Which of the user's look-alikes a place in the frame shows. For J objects' scores [J], their
+    `present` at their own thresholds [J] and their best windows [J, 4] (x0, y0, x1, y1, exclusive):
+    for each object the index of a present object of the same category that scores higher (ties:
+    the earlier one) with a window overlapping its own (intersection >= `overlap` of the smaller
+    window), else -1. An object with such a rival is not present: the user's two cats can both be in
+    a photo, in two places, but one cat is not both of them. Every pair is judged on its own (no
+    greedy order), so the result does not depend on the order objects were enrolled in."""
+    scores, present, windows = np.asarray(scores, float), np.asarray(present, bool), np.asarray(windows, float)
+    x0 = np.maximum(windows[:, None, 0], windows[None, :, 0])
+    y0 = np.maximum(windows[:, None, 1], windows[None, :, 1])
+    x1 = np.minimum(windows[:, None, 2], windows[None, :, 2])
+    y1 = np.minimum(windows[:, None, 3], windows[None, :, 3])
+    intersection = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (windows[:, 2] - windows[:, 0]) * (windows[:, 3] - windows[:, 1])
+    same_place = intersection >= overlap * np.minimum(area[:, None], area[None, :])
+    index = np.arange(len(scores))
+    beats = (scores[None, :] > scores[:, None]) | ((scores[None, :] == scores[:, None])
+                                                   & (index[None, :] < index[:, None]))
+    kin = np.array(categories)[:, None] == np.array(categories)[None, :]
+    rivals = same_place & beats & kin & present[None, :] & present[:, None]  # [i, k]: k takes i's place
+    best_rival = np.where(rivals, scores[None, :], -np.inf).argmax(axis=1) if len(scores) else index
+    return np.where(rivals.any(axis=1), best_rival, -1)
 
 
 def object_score(features: ImageFeatures, embeddings: np.ndarray, box_features: np.ndarray,

@@ -79,7 +79,8 @@ class PrototypeStore:
                 "reference_object": np.eye(len(objects), dtype=np.float32)[owner],
                 "region_scoring": np.array([p.scoring != "global" for p in objects], np.float32),
                 "mean_scoring": np.array([p.scoring == "mean" for p in objects], np.float32),
-                "thresholds": np.array([p.threshold for p in objects], np.float32)}
+                "thresholds": np.array([p.threshold for p in objects], np.float32),
+                "same_category": np.array([[p.category == q.category for q in objects] for p in objects], np.float32)}
 
     def to_bytes(self) -> bytes:
         tensors: dict[str, np.ndarray] = {}

@@ -110,6 +110,9 @@ function scorerInputs(ort, objects) {
     region_scoring: new ort.Tensor("float32", Float32Array.from(objects, (o) => (o.scoring === "global" ? 0 : 1)), [j]),
     mean_scoring: new ort.Tensor("float32", Float32Array.from(objects, (o) => (o.scoring === "mean" ? 1 : 0)), [j]),
     thresholds: new ort.Tensor("float32", Float32Array.from(objects, (o) => o.threshold), [j]),
+    // 1 where two objects share a category: one place in a frame is at most one of the user's look-alikes
+    same_category: new ort.Tensor("float32", Float32Array.from({ length: j * j },
+      (_, k) => (objects[Math.floor(k / j)].category === objects[k % j].category ? 1 : 0)), [j, j]),
   };
 }
 
@@ -206,8 +209,9 @@ export async function find(bundle, image, { withMask = true } = {}) {
   const pixels = resize(image.rgb, image.width, image.height, 3, size, size, "bicubic", true);
   const modelOut = await bundle.model.run({ image: new ort.Tensor("uint8", pixels, [1, size, size, 3]) });
   const objects = bundle.store.objects;
-  const out = await bundle.scorer.run({ embedding: modelOut.embedding, patch_grid: modelOut.patch_grid,
-                                        ...scorerInputs(ort, objects) });
+  const inputs = scorerInputs(ort, objects);
+  if (!bundle.scorer.inputNames.includes("same_category")) delete inputs.same_category;  // exported before it
+  const out = await bundle.scorer.run({ embedding: modelOut.embedding, patch_grid: modelOut.patch_grid, ...inputs });
   const j = objects.length, h = bundle.grid.height, w = bundle.grid.width;
   const windows = out.window_boxes.data, nWindows = out.window_boxes.dims[0];
   return objects.map((o, i) => {
