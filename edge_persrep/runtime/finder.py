@@ -12,7 +12,9 @@ and take the mean (scoring "mean"), not the best one: a look-alike that happens 
 of the photos does not win (README, "Scoring by the references' mean"). `present` compares the
 score with a threshold calibrated at enrolment on the same kind of scores: the references (each
 against the others), 2x2 and 3x3 scenes composed of a reference among negatives, the negatives
-and scenes of them.
+and scenes of them. Among the user's objects of one category, a place in the frame is at most
+one of them: of two over their thresholds whose best windows overlap, the higher score is
+present (one_claim_per_place; README, "One place, one look-alike").
 """
 
 from __future__ import annotations
@@ -388,7 +390,10 @@ def one_claim_per_place(scores: np.ndarray, present: np.ndarray, windows: np.nda
     window), else -1. An object with such a rival is not present: the user's two cats can both be in
     a photo, in two places, but one cat is not both of them. Every pair is judged on its own (no
     greedy order), so the result does not depend on the order objects were enrolled in."""
-    scores, present, windows = np.asarray(scores, float), np.asarray(present, bool), np.asarray(windows, float)
+    present = np.asarray(present, bool)
+    rival = np.full(len(present), -1)
+    over = np.flatnonzero(present)  # only objects over their thresholds compete: few, however many are enrolled
+    scores, windows = np.asarray(scores, float)[over], np.asarray(windows, float).reshape(-1, 4)[over]
     x0 = np.maximum(windows[:, None, 0], windows[None, :, 0])
     y0 = np.maximum(windows[:, None, 1], windows[None, :, 1])
     x1 = np.minimum(windows[:, None, 2], windows[None, :, 2])
@@ -396,13 +401,14 @@ def one_claim_per_place(scores: np.ndarray, present: np.ndarray, windows: np.nda
     intersection = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
     area = (windows[:, 2] - windows[:, 0]) * (windows[:, 3] - windows[:, 1])
     same_place = intersection >= overlap * np.minimum(area[:, None], area[None, :])
-    index = np.arange(len(scores))
     beats = (scores[None, :] > scores[:, None]) | ((scores[None, :] == scores[:, None])
-                                                   & (index[None, :] < index[:, None]))
-    kin = np.array(categories)[:, None] == np.array(categories)[None, :]
-    rivals = same_place & beats & kin & present[None, :] & present[:, None]  # [i, k]: k takes i's place
-    best_rival = np.where(rivals, scores[None, :], -np.inf).argmax(axis=1) if len(scores) else index
-    return np.where(rivals.any(axis=1), best_rival, -1)
+                                                   & (over[None, :] < over[:, None]))
+    kin = np.array([categories[i] for i in over])
+    rivals = same_place & beats & (kin[:, None] == kin[None, :])  # [i, k]: k takes i's place
+    if len(over):
+        best = np.where(rivals, scores[None, :], -np.inf).argmax(axis=1)
+        rival[over] = np.where(rivals.any(axis=1), over[best], -1)
+    return rival
 
 
 def object_score(features: ImageFeatures, embeddings: np.ndarray, box_features: np.ndarray,
