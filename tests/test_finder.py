@@ -9,7 +9,7 @@ import pytest
 from conftest import paste_scene
 
 from edge_persrep.runtime import EdgePersrepError, Finder, PrototypeStore, StoreError, dense, list_images, load_image
-from edge_persrep.runtime.finder import one_claim_per_place
+from edge_persrep.runtime.finder import claimed_places, one_claim_per_place
 from edge_persrep.runtime.metrics import box_iou
 
 
@@ -305,7 +305,7 @@ def test_a_port_written_from_the_format_doc_gets_the_runtimes_scores_and_decisio
             r = float(window_scores.max())
             scores.append(g if obj["scoring"] == "global" else max(g, r))
             over.append(scores[-1] >= obj["threshold"])
-            boxes.append(cells[int(np.argmax(window_scores))])
+            boxes.append(cells[int(np.argmax(window_scores))] if r > g and obj["scoring"] != "global" else (0, 0, w, h))
 
         def area(b):
             return (b[2] - b[0]) * (b[3] - b[1])
@@ -386,6 +386,14 @@ def test_one_place_is_at_most_one_of_the_users_look_alikes():
     assert one_claim_per_place([0.5, 0.5], [True, True], [whole, whole], ["cat", "cat"]).tolist() == [-1, 0]
     assert one_claim_per_place([0.5, 0.6, 0.7], [True] * 3, [whole] * 3, ["dog"] * 3).tolist() == [2, 2, -1]
     assert one_claim_per_place([], [], np.zeros((0, 4)), []).tolist() == []
+
+
+def test_an_objects_place_is_where_its_score_came_from():
+    """finder.claimed_places: the best window where the region score decided, else the whole grid."""
+    windows = np.array([[0, 0, 3, 3], [2, 2, 5, 5], [4, 4, 7, 7]])
+    places = claimed_places(windows, global_scores=np.array([0.5, 0.2, 0.2]), region_scores=np.array([0.4, 0.6, 0.6]),
+                            rules=["mean", "mean", "global"], grid_hw=(10, 12))
+    assert places.tolist() == [[0, 0, 12, 10], [2, 2, 5, 5], [0, 0, 12, 10]]  # global won; region won; global-only
 
 
 def test_the_look_alike_rule_can_be_turned_off(finder, examples):

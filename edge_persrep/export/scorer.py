@@ -19,8 +19,9 @@ Inputs (M reference photos over all J objects, in the store's order):
 Outputs:
     global_score, region_score, score [N, J] (float32)
     present [N, J] (bool)     score >= threshold, and no object of the same category that is
-                              present with a higher score has its best window at the same place
-                              (runtime/finder.one_claim_per_place)
+                              over its threshold with a higher score claims the same place (the
+                              best window where the region score decided, else the whole frame;
+                              runtime/finder.claimed_places and one_claim_per_place)
     region_box [N, J, 4]      the best window, grid cells x0, y0, x1, y1 (exclusive), as float32
     window_scores [N, W, J]   every window against each object (its references' mean, or the best one)
     window_boxes [W, 4]       the windows, grid cells, as float32
@@ -75,6 +76,7 @@ def scorer_model(grid_height: int, grid_width: int, embedding_dim: int, grid_dim
                  numpy_helper.from_array(np.array([0], np.int64), "first_axis"),
                  numpy_helper.from_array(np.array([1], np.int64), "second_axis"),
                  numpy_helper.from_array(np.array(SAME_PLACE, np.float32), "same_place_share"),
+                 numpy_helper.from_array(np.array([0, 0, w, h], np.float32), "whole_frame"),
                  numpy_helper.from_array(np.array(0, np.int64), "zero_i"),
                  numpy_helper.from_array(np.array(1, np.int64), "one_i")]
     node = helper.make_node
@@ -118,8 +120,14 @@ def scorer_model(grid_height: int, grid_width: int, embedding_dim: int, grid_dim
         node("Mul", ["gain_pos", "region_scoring"], ["gain_used"]),
         node("Add", ["global_score", "gain_used"], ["score"]),
         node("GreaterOrEqual", ["score", "thresholds"], ["over_threshold"]),  # [N, J]
-        # one place, one of the user's look-alikes (finder.one_claim_per_place): [N, i, k] pairs
-        node("Split", ["region_box"], ["bx0", "by0", "bx1", "by1"], axis=2),  # each [N, J, 1]
+        # one place, one of the user's look-alikes (finder.one_claim_per_place): each object's place is
+        # its best window where the region score decided, else the whole frame (finder.claimed_places)
+        node("Greater", ["region_score", "global_score"], ["region_higher"]),
+        node("Cast", ["region_scoring"], ["region_used"], to=TensorProto.BOOL),
+        node("And", ["region_higher", "region_used"], ["by_region"]),
+        node("Unsqueeze", ["by_region", "last_axis"], ["by_region_1"]),  # [N, J, 1]
+        node("Where", ["by_region_1", "region_box", "whole_frame"], ["place"]),  # [N, J, 4]
+        node("Split", ["place"], ["bx0", "by0", "bx1", "by1"], axis=2),  # each [N, J, 1]; pairs [N, i, k] below
         *[node("Transpose", [b], [b + "_k"], perm=[0, 2, 1]) for b in ("bx0", "by0", "bx1", "by1")],  # [N, 1, J]
         node("Max", ["bx0", "bx0_k"], ["ix0"]), node("Max", ["by0", "by0_k"], ["iy0"]),
         node("Min", ["bx1", "bx1_k"], ["ix1"]), node("Min", ["by1", "by1_k"], ["iy1"]),

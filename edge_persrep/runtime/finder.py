@@ -13,8 +13,9 @@ of the photos does not win (README, "Scoring by the references' mean"). `present
 score with a threshold calibrated at enrolment on the same kind of scores: the references (each
 against the others), 2x2 and 3x3 scenes composed of a reference among negatives, the negatives
 and scenes of them. Among the user's objects of one category, a place in the frame is at most
-one of them: of two over their thresholds whose best windows overlap, the higher score is
-present (one_claim_per_place; README, "One place, one look-alike").
+one of them: of two over their thresholds whose places overlap (the best window where the region
+score decided, else the whole frame), the higher score is present (one_claim_per_place; README,
+"One place, one look-alike").
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .video import stream as stream_frames
 PHOTO_SIDE = 384  # reference photos kept in the store are downscaled to this long side
 SCENE_GRIDS = (2, 3)  # enrolment calibrates on 2x2 and 3x3 scenes (one reference among negatives)
 SCENE_SIDE = 640
-SAME_PLACE = 0.5  # two best windows claim one thing when their overlap covers this share of the smaller
+SAME_PLACE = 0.5  # two places (claimed_places) are one when their overlap covers this share of the smaller
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Match:
     box_score: float | None = None  # max cosine of box-pooled patches to the references' (paper)
     mask: np.ndarray | None = None  # bool [height, width]
     outscored_by: str | None = None  # the user's object of the same category that passed its threshold
-    # with a higher score at the same place: `present` is False for this one (one_claim_per_place)
+    # with a higher score at the same place (claimed_places): `present` is False for this one
 
 
 def decision_threshold(positives: Sequence[float], negatives: Sequence[float], default: float) -> float:
@@ -203,7 +204,9 @@ class Finder:
                            for g, r, p in zip(global_scores, region_scores, objects)])
         thresholds = np.array([p.threshold for p in objects])
         present = scores >= thresholds
-        rival = (one_claim_per_place(scores, present, cells[best_window], [p.category for p in objects])
+        rival = (one_claim_per_place(scores, present, claimed_places(cells[best_window], global_scores, region_scores,
+                                                                     rules, features.grid.shape[:2]),
+                                     [p.category for p in objects])
                  if self.one_per_place else np.full(len(objects), -1))
         match_of = {}
         for i, p in enumerate(objects):
@@ -381,10 +384,19 @@ def combined_score(global_score: float, region_score: float, scoring: str = "mea
     return global_score if scoring == "global" else max(global_score, region_score)
 
 
+def claimed_places(best_windows: np.ndarray, global_scores: np.ndarray, region_scores: np.ndarray,
+                   rules: Sequence[str], grid_hw: tuple[int, int]) -> np.ndarray:
+    """Where each object's score says it is, in grid cells [J, 4]: its best window where the region
+    score decided (region > global), else the whole frame (the global embedding decided)."""
+    h, w = grid_hw
+    by_region = (np.asarray(region_scores) > np.asarray(global_scores)) & np.array([r != "global" for r in rules])
+    return np.where(by_region[:, None], best_windows, np.array([0, 0, w, h]))
+
+
 def one_claim_per_place(scores: np.ndarray, present: np.ndarray, windows: np.ndarray,
                         categories: Sequence[str], overlap: float = SAME_PLACE) -> np.ndarray:
     """Which of the user's look-alikes a place in the frame shows. For J objects' scores [J], their
-    `present` at their own thresholds [J] and their best windows [J, 4] (x0, y0, x1, y1, exclusive):
+    `present` at their own thresholds [J] and their places [J, 4] (claimed_places: x0, y0, x1, y1):
     for each object the index of a present object of the same category that scores higher (ties:
     the earlier one) with a window overlapping its own (intersection >= `overlap` of the smaller
     window), else -1. An object with such a rival is not present: the user's two cats can both be in
