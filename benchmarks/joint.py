@@ -75,16 +75,19 @@ def score_system(finders: dict[str, Finder], members, subjects, split, test, one
     feats_of, matches_of = {}, {}
     embedded = {} if embedded is None else embedded
     for finder in {id(f): f for f in finders.values()}.values():
-        finder.one_per_place = one_per_place
         if id(finder) not in embedded:
             embedded[id(finder)] = finder.embed([t.image for t in test])  # one model run per image and finder
         feats = embedded[id(finder)]
         names = [m for m in members if finders[m] is finder]
         for m in names:
             feats_of[m] = feats
-        for f in feats:
-            for match in finder.classify(f, names):
-                matches_of.setdefault(match.name, []).append(match)
+        kept, finder.one_per_place = finder.one_per_place, one_per_place
+        try:
+            for f in feats:
+                for match in finder.classify(f, names):
+                    matches_of.setdefault(match.name, []).append(match)
+        finally:
+            finder.one_per_place = kept  # the caller's Finder is left as it was given
     photos_of = {n: subjects[n].photos[:3] for n in tuple(members) + split.unseen}
     shows_only = {m: [k for k, t in enumerate(test) if t.subjects == {m} and t.kind in SINGLE_KINDS] for m in members}
     rows = {}

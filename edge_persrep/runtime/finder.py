@@ -398,8 +398,8 @@ def one_claim_per_place(scores: np.ndarray, present: np.ndarray, windows: np.nda
     """Which of the user's look-alikes a place in the frame shows. For J objects' scores [J], their
     `present` at their own thresholds [J] and their places [J, 4] (claimed_places: x0, y0, x1, y1):
     for each object the index of a present object of the same category that scores higher (ties:
-    the earlier one) with a window overlapping its own (intersection >= `overlap` of the smaller
-    window), else -1. An object with such a rival is not present: the user's two cats can both be in
+    the earlier one) with a place overlapping its own (intersection >= `overlap` of the smaller
+    place), else -1. An object with such a rival is not present: the user's two cats can both be in
     a photo, in two places, but one cat is not both of them. Every pair is judged on its own (no
     greedy order), so the result does not depend on the order objects were enrolled in."""
     present = np.asarray(present, bool)

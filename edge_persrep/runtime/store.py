@@ -73,6 +73,7 @@ class PrototypeStore:
         object's references stacked in the store's order, with their owners as a one-hot matrix."""
         objects = list(self.objects.values())
         owner = np.repeat(np.arange(len(objects)), [len(p.embeddings) for p in objects])
+        categories = np.array([p.category for p in objects])
         return {"reference_embeddings": np.concatenate([p.embeddings for p in objects]).astype(np.float32),
                 "reference_box_features": np.concatenate([p.box_features for p in objects]).astype(np.float32),
                 "reference_targets": np.concatenate([p.targets for p in objects]).astype(np.float32),
@@ -80,7 +81,7 @@ class PrototypeStore:
                 "region_scoring": np.array([p.scoring != "global" for p in objects], np.float32),
                 "mean_scoring": np.array([p.scoring == "mean" for p in objects], np.float32),
                 "thresholds": np.array([p.threshold for p in objects], np.float32),
-                "same_category": np.array([[p.category == q.category for q in objects] for p in objects], np.float32)}
+                "same_category": (categories[:, None] == categories[None, :]).astype(np.float32)}
 
     def to_bytes(self) -> bytes:
         tensors: dict[str, np.ndarray] = {}
