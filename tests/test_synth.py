@@ -160,3 +160,59 @@ def test_personalize_with_context_finds_masks_when_none_are_given(examples, tmp_
     stamps = [p.stat().st_mtime_ns for p in found]
     personalize(request)  # a rerun finds the saved masks and does not redo them
     assert [p.stat().st_mtime_ns for p in found] == stamps
+
+
+def test_recolour_turns_the_objects_hue_and_nothing_else(tmp_path):
+    """Oracle: a red square (the object, by its mask) on a green field, and a grey square. The
+    recoloured copy's object is no longer red, its background is the field, pixel for pixel; the
+    grey object has no colour to turn, so its photo gives no negative."""
+    from edge_persrep.server_side.synth.recolour import PER_PHOTO, colourful, recoloured
+
+    field = np.zeros((64, 64, 3), np.uint8)
+    field[..., 1] = 160
+    red, grey = field.copy(), field.copy()
+    red[16:48, 16:48] = (200, 30, 30)
+    grey[16:48, 16:48] = (120, 120, 120)
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    turned = np.asarray(recoloured(Image.fromarray(red), mask, 120), np.int32)
+    assert np.abs(turned[20:44, 20:44] - (30, 200, 30)).max() <= 12  # red turned by 120 degrees: green
+    outside = np.ones((64, 64), bool)
+    outside[12:52, 12:52] = False  # the mask's edge is softened over a few pixels
+    assert (turned[outside] == field[outside]).all()
+    assert colourful(Image.fromarray(red), mask) and not colourful(Image.fromarray(grey), mask)
+
+    for name, image in (("red", red), ("grey", grey)):
+        (tmp_path / name).mkdir()
+        Image.fromarray(image).save(tmp_path / name / "0.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / name / "0_mask.png")
+    result = synth.generate("recolour", synth.SynthRequest(
+        photos=[tmp_path / "red" / "0.png"], category="toy", out_dir=tmp_path / "out-red", count=4,
+        masks=[tmp_path / "red" / "0_mask.png"], size=64))
+    assert len(result.positives) == 4 and len(result.negatives) == PER_PHOTO
+    assert not result.negatives_calibrate
+    entries = json.loads((tmp_path / "out-red" / "negatives.json").read_text())["images"]
+    assert all(60 <= e["hue_turn"] <= 300 for e in entries)
+    for path in result.negatives:  # still a field with a square in it, and the square is not red
+        pixels = np.asarray(Image.open(path).convert("RGB"), np.int32).reshape(-1, 3)
+        assert not ((pixels[:, 0] > 150) & (pixels[:, 1] < 80) & (pixels[:, 2] < 80)).any()
+    plain = synth.generate("recolour", synth.SynthRequest(
+        photos=[tmp_path / "grey" / "0.png"], category="toy", out_dir=tmp_path / "out-grey", count=4,
+        masks=[tmp_path / "grey" / "0_mask.png"], size=64))
+    assert len(plain.positives) == 4 and plain.negatives == []
+
+
+def test_recoloured_negatives_train_but_never_calibrate(examples, tmp_path):
+    """`personalize --synth recolour`: the copies are among the training negatives, not among the
+    negatives enrolment calibrates `present` on (they are the user's own object)."""
+    from edge_persrep.pipeline import PersonalizeRequest, personalize
+
+    run = tmp_path / "run"
+    personalize(PersonalizeRequest([examples / "dog"], "dog", "dog", run, synth_method="recolour",
+                                   negatives=[examples / "negatives"], steps=2))
+    record = json.loads((run / "run.json").read_text())
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    recoloured = list((run / "synth" / "negatives").iterdir())
+    assert recoloured and record["calibration"]["enrolment_negatives"] == len(list_images([examples / "negatives"]))
+    assert summary["negatives"] == record["calibration"]["enrolment_negatives"] + len(recoloured)
+    assert record["calibration"]["on_training_negatives"] is True  # every negative of the user trained

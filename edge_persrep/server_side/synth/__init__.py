@@ -1,6 +1,7 @@
 """Synthetic training data. Each generator: `generate(SynthRequest) -> SynthResult`.
 
-augment, cutpaste and context need only the photos (cutpaste: and masks; context finds its own);
+augment, cutpaste, context and recolour need only the photos (cutpaste: and masks; context and
+recolour find their own);
 dreambooth, masked-dreambooth and combined run Stable Diffusion (`personalized_generation`), imported
 only when asked for.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ...runtime.errors import EdgePersrepError
-from . import augment, context, cutpaste
+from . import augment, context, cutpaste, recolour
 from .base import (
     DIFFUSION_METHODS,
     METHODS_FINDING_MASKS,
@@ -36,6 +37,7 @@ GENERATORS: dict[str, Callable[[SynthRequest], SynthResult]] = {
     "augment": augment.generate,
     "cutpaste": cutpaste.generate,
     "context": context.generate,
+    "recolour": recolour.generate,
     **{m: _diffusion(m) for m in DIFFUSION_METHODS},
 }
 
