@@ -78,8 +78,7 @@ def _add_personalize(sub) -> None:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
     p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors or state dict)")
     p.add_argument("--synth", default=DEFAULT_SYNTH,
-                   help="augment | context (augment + the object pasted small onto the negatives) | recolour "
-                        "(augment + the object in other colours as negatives; context and recolour find masks "
+                   help="augment | context (augment + the object pasted small onto the negatives; masks found "
                         "when not given) | cutpaste | dreambooth | masked-dreambooth | combined | ip-adapter (the "
                         "last four run Stable Diffusion: a GPU machine, see --sd-model; ip-adapter trains nothing, "
                         "see --ip-adapter)")

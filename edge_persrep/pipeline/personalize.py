@@ -173,12 +173,10 @@ def synthesise(plan: Plan, run: RunDir, prepared: Prepared) -> TrainingData:
             photos=prepared.reference, category=request.category, out_dir=run.synth,
             count=plan.train_config.positives, seed=request.seed, masks=masks, diffusion=plan.diffusion,
             backgrounds=backgrounds))
-    generated = result.negatives if result.negatives_calibrate else []
-    negatives, enrolment = split_negatives(prepared.negatives, prepared.calibration, generated, request.calibrate_on)
+    negatives, enrolment = split_negatives(prepared.negatives, prepared.calibration, result.negatives,
+                                           request.calibrate_on)
     prepared.record["calibration"].update(enrolment_negatives=len(enrolment),
                                           on_training_negatives=enrolment == negatives)
-    if not result.negatives_calibrate:  # they train only (synth recolour)
-        negatives = negatives + list(result.negatives)
     return TrainingData(result.positives, synth.in_context_boxes(result), negatives, enrolment)
 
 

@@ -1,7 +1,6 @@
 """Synthetic training data. Each generator: `generate(SynthRequest) -> SynthResult`.
 
-augment, cutpaste, context and recolour need only the photos (cutpaste: and masks; context and
-recolour find their own);
+augment, cutpaste and context need only the photos (cutpaste: and masks; context finds its own);
 dreambooth, masked-dreambooth and combined run Stable Diffusion (`personalized_generation`), imported
 only when asked for.
 """
@@ -11,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ...runtime.errors import EdgePersrepError
-from . import augment, context, cutpaste, recolour
+from . import augment, context, cutpaste
 from .base import (
     DIFFUSION_METHODS,
     METHODS_FINDING_MASKS,
@@ -37,7 +36,6 @@ GENERATORS: dict[str, Callable[[SynthRequest], SynthResult]] = {
     "augment": augment.generate,
     "cutpaste": cutpaste.generate,
     "context": context.generate,
-    "recolour": recolour.generate,
     **{m: _diffusion(m) for m in DIFFUSION_METHODS},
 }
 

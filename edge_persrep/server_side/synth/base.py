@@ -42,13 +42,12 @@ class SynthRequest:
 class SynthResult:
     positives: list[Path]
     manifest: Path
-    negatives: list[Path] = field(default_factory=list)  # generated negatives (DreamBooth methods, recolour)
-    negatives_calibrate: bool = True  # False: they train only; enrolment never calibrates on them (recolour)
+    negatives: list[Path] = field(default_factory=list)  # generated negatives (DreamBooth methods)
 
 
 DIFFUSION_METHODS = ("dreambooth", "masked-dreambooth", "combined", "ip-adapter")  # they run Stable Diffusion
 METHODS_NEEDING_MASKS = ("cutpaste", "masked-dreambooth", "combined")
-METHODS_FINDING_MASKS = ("context", "recolour")  # without --masks, `personalize` finds them (server_side.object_masks)
+METHODS_FINDING_MASKS = ("context",)  # without --masks, `personalize` finds them (server_side.object_masks)
 
 
 def load_masks(request: SynthRequest) -> list[np.ndarray]:
