@@ -197,6 +197,39 @@ def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(examples, tmp_pat
         resolve_precision("auto", "cpu")
 
 
+def test_merge_scale_takes_the_trained_update_further_and_the_adapter_says_so(examples, tmp_path, monkeypatch):
+    """The same training (seed, steps, threads) merged at scale 1 and at 2: the same LoRA weights,
+    the saved alpha doubled, and the merged model's change from the pretrained one exactly doubled;
+    the adapter folder alone rebuilds that merged model (bundle, adapter export and resume read it)."""
+    from safetensors.torch import load_file
+
+    from edge_persrep.runtime import list_images, load_image, threads
+    from edge_persrep.server_side import contrastive
+
+    monkeypatch.setattr(threads, "_threads", torch.get_num_threads())
+    anchors = [load_image(p) for p in list_images([examples / "dog"])]
+    negatives = list_images([examples / "negatives"])[:4]
+    base = create_backbone("efficientnet_lite0").model.state_dict()
+    merged = {}
+    for scale in (1.0, 2.0):
+        config = TrainConfig(triplets=4 * 4, epochs=1, batch_size=4, lora_alpha=16.0, cache_trunk=True, views=1,
+                             merge_scale=scale)
+        backbone = create_backbone("efficientnet_lite0")
+        summary = contrastive.train(backbone, anchors, anchors, negatives, config, tmp_path / str(scale))
+        merged[scale] = backbone.model.state_dict()
+        assert summary["config"]["merge_scale"] == scale
+        saved = json.loads((tmp_path / str(scale) / "adapter" / "adapter_config.json").read_text())
+        assert saved["lora_alpha"] == 16.0 * scale
+        rebuilt = create_backbone("efficientnet_lite0")
+        contrastive.load_adapter(rebuilt, tmp_path / str(scale) / "adapter")
+        assert all(torch.allclose(rebuilt.model.state_dict()[k], merged[scale][k], atol=1e-6) for k in base)
+    weights = [load_file(tmp_path / s / "adapter" / "adapter_model.safetensors") for s in ("1.0", "2.0")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    for key in ("conv_head.weight", "blocks.6.0.conv_pwl.weight"):
+        once, twice = merged[1.0][key] - base[key], merged[2.0][key] - base[key]
+        assert once.abs().max() > 0 and torch.allclose(twice, 2 * once, atol=1e-6)
+
+
 def test_killed_training_resumes_to_the_same_weights(examples, tmp_path, monkeypatch):
     from edge_persrep.runtime import list_images, load_image, threads
     from edge_persrep.server_side import contrastive

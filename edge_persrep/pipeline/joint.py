@@ -42,6 +42,9 @@ from .request import PersonalizeRequest
 from .run_dir import RunDir, finished_bundle, finished_training
 
 JOINT_FILE = "joint.json"
+# The LoRA is merged as trained: the quick preset's merge_scale (1.5) was chosen on single-object
+# runs and has not been measured on joint ones (README "Taking the update further").
+JOINT_MERGE_SCALE = 1.0
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def _generation(request: JointRequest, generation: int, start_from: Path | None,
         anchors = [load_image(p) for ready in prepared for p in ready.reference]
         owners = ([k for k, ready in enumerate(prepared) for _ in ready.reference],
                   [k for k, d in enumerate(data) for _ in d.positives])
-        config = plans[0].train_config
+        config = replace(plans[0].train_config, merge_scale=JOINT_MERGE_SCALE)
         if train_steps is not None:
             config = replace(config, triplets=train_steps * config.batch_size, epochs=1)
         summary = train(model, anchors, [p for d in data for p in d.positives], data[0].negatives, config, train_dir,
