@@ -198,3 +198,23 @@ def test_mask_rle_by_hand_and_as_coco_reads_it():
     assert (rle_to_mask(rle) == big).all()
     decoded = mask_utils.decode(mask_utils.frPyObjects(rle, *rle["size"]))
     assert (decoded.astype(bool) == big).all()
+
+
+def test_otsu_cuts_where_numpys_histogram_does():
+    """otsu_threshold counts its bins with bincount; numpy's own histogram is the oracle."""
+    def with_np_histogram(values, bins=256):
+        values = np.asarray(values, dtype=np.float64).ravel()
+        counts, edges = np.histogram(values, bins=bins)
+        centres = (edges[:-1] + edges[1:]) / 2
+        weight0 = np.cumsum(counts)[:-1].astype(np.float64)
+        weight1 = counts.sum() - weight0
+        sum0 = np.cumsum(counts * centres)[:-1]
+        between = weight0 * weight1 * (sum0 / np.maximum(weight0, 1)
+                                       - (np.sum(counts * centres) - sum0) / np.maximum(weight1, 1)) ** 2
+        return float(edges[1:-1][int(np.argmax(between))])
+
+    rng = np.random.default_rng(0)
+    for _ in range(3000):  # locate's case: a small similarity map upsampled to the working grid
+        coarse = rng.normal(size=(10, 10)).astype(np.float32) * rng.uniform(0.01, 1)
+        fine = dense.upsample(coarse, int(rng.integers(20, 129)), int(rng.integers(20, 129)))
+        assert dense.otsu_threshold(fine) == with_np_histogram(fine)
