@@ -88,3 +88,19 @@ def test_adding_an_object_keeps_the_others_and_a_failed_add_leaves_the_old_bundl
     matches = {m.name: m for m in finder.find(features)}
     assert matches["my_dog"].score > matches["cat"].score  # the dogs are still found as dogs
     assert not list(run.glob(".bundle-*"))  # no staging left behind
+
+
+def test_joint_training_negatives_take_the_users_once_and_every_objects_generated_ones(tmp_path):
+    """A dog and a mug trained together with generated negatives: the mug's generated mugs are
+    trained against too (they were dropped when only the first object's list was used), and the
+    user's negatives, copied into each object's run, are counted once."""
+    from edge_persrep.pipeline.joint import joint_negatives
+
+    user_dog = [tmp_path / "dog/negatives/0000.jpg", tmp_path / "dog/negatives/0001.jpg"]
+    user_mug = [tmp_path / "mug/negatives/0000.jpg", tmp_path / "mug/negatives/0001.jpg"]
+    dogs = [tmp_path / "dog/synth/neg_000.png"]
+    mugs = [tmp_path / "mug/synth/neg_000.png", tmp_path / "mug/synth/neg_001.png"]
+    assert joint_negatives([user_dog, user_mug], [user_dog + dogs, user_mug + mugs]) == user_dog + dogs + mugs
+    assert joint_negatives([user_dog, user_mug], [user_dog, user_mug]) == user_dog  # augment: nothing generated
+    with pytest.raises(ValueError):
+        joint_negatives([user_dog], [dogs + user_dog])

@@ -14,8 +14,8 @@ RUN/
   bundle/             the exported model with every object enrolled; replaced whole (staged beside
                       it, then swapped in) only when a generation has finished
 Training: each batch row draws an object, then its anchor and a positive; the InfoNCE negatives
-are the shared same-category negatives and the other objects' positives in the batch
-(contrastive.info_nce `owners`), so the user's two dogs are told apart from each other and from
+are the user's negatives, each object's generated same-category negatives (joint_negatives) and
+the other objects' positives in the batch (contrastive.info_nce `owners`), so the user's two dogs are told apart from each other and from
 other dogs. Enrolment calibrates each object against the negatives and all the other objects' photos
 (Finder.enroll_all).
 """
@@ -141,8 +141,9 @@ def _generation(request: JointRequest, generation: int, start_from: Path | None,
         config = replace(plans[0].train_config, merge_scale=JOINT_MERGE_SCALE)
         if train_steps is not None:
             config = replace(config, triplets=train_steps * config.batch_size, epochs=1)
-        summary = train(model, anchors, [p for d in data for p in d.positives], data[0].negatives, config, train_dir,
-                        device=plans[0].device, owners=owners, start_from=start_from)
+        summary = train(model, anchors, [p for d in data for p in d.positives],
+                        joint_negatives([ready.negatives for ready in prepared], [d.negatives for d in data]),
+                        config, train_dir, device=plans[0].device, owners=owners, start_from=start_from)
     summary = {**summary, "objects": [o.name for o in request.objects], "generation": generation}
     if _committed(request.out, generation, request.objects) and finished_bundle(request.out / "bundle",
                                                                                  summary["objects"], summary):
@@ -161,6 +162,20 @@ def _generation(request: JointRequest, generation: int, start_from: Path | None,
         "training": {k: summary.get(k) for k in ("steps", "seconds", "loss_last10_mean", "continued_from")},
         "seconds": round(time.time() - started, 1)})
     return request.out / "bundle"
+
+
+def joint_negatives(user: Sequence[Sequence[Path]], trained: Sequence[Sequence[Path]]) -> list[Path]:
+    """What a joint run trains against, from each object's run: `user`[k], its copies of the user's
+    negatives (the same photos for every object: one --negatives for the run), and `trained`[k],
+    what its own run would train against (those copies, then what synthesis generated for its
+    category). The user's negatives once, then every object's generated ones: objects of
+    different categories each bring their own same-category negatives (with the Stable Diffusion
+    methods), and the user's photos are not counted N times."""
+    shared = list(user[0]) if user else []
+    for own, mine in zip(user, trained):
+        if list(mine[:len(own)]) != list(own):
+            raise ValueError(f"an object's training negatives do not start with its copies of the user's: {mine[:1]}")
+    return shared + [p for own, mine in zip(user, trained) for p in mine[len(own):]]
 
 
 def _committed(run: Path, generation: int, objects: Sequence[JointObject]) -> bool:
