@@ -63,7 +63,7 @@ def target_metrics(finder: Finder, name: str, test: Sequence[TestImage], feats: 
             "retrieval_top1": float(np.mean(top1)), "threshold": round(finder.store.objects[name].threshold, 4),
             "n_pos": int(sum(labels)), "n_test": len(test),
             "scores": {"test": [round(m.score, 4) for m in matches], "labels": labels,
-                       "present": [int(m.present) for m in matches]}}
+                       "present": [int(m.present) for m in matches], "kinds": [t.kind for t in test]}}
 
 
 def retrieval_gallery(finder: Finder, photos_of: dict[str, Sequence]) -> tuple[np.ndarray, np.ndarray]:
