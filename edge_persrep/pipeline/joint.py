@@ -15,9 +15,9 @@ RUN/
                       it, then swapped in) only when a generation has finished
 Training: each batch row draws an object, then its anchor and a positive; the InfoNCE negatives
 are the user's negatives, each object's generated same-category negatives (joint_negatives) and
-the other objects' positives in the batch (contrastive.info_nce `owners`), so the user's two dogs are told apart from each other and from
-other dogs. Enrolment calibrates each object against the negatives and all the other objects' photos
-(Finder.enroll_all).
+the other objects' positives in the batch (contrastive.info_nce `owners`), so the user's two
+dogs are told apart from each other and from other dogs. Enrolment calibrates each object against
+the negatives and all the other objects' photos (Finder.enroll_all).
 """
 
 from __future__ import annotations
