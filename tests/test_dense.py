@@ -200,21 +200,13 @@ def test_mask_rle_by_hand_and_as_coco_reads_it():
     assert (decoded.astype(bool) == big).all()
 
 
-def test_otsu_cuts_where_numpys_histogram_does():
-    """otsu_threshold counts its bins with bincount; numpy's own histogram is the oracle."""
-    def with_np_histogram(values, bins=256):
-        values = np.asarray(values, dtype=np.float64).ravel()
-        counts, edges = np.histogram(values, bins=bins)
-        centres = (edges[:-1] + edges[1:]) / 2
-        weight0 = np.cumsum(counts)[:-1].astype(np.float64)
-        weight1 = counts.sum() - weight0
-        sum0 = np.cumsum(counts * centres)[:-1]
-        between = weight0 * weight1 * (sum0 / np.maximum(weight0, 1)
-                                       - (np.sum(counts * centres) - sum0) / np.maximum(weight1, 1)) ** 2
-        return float(edges[1:-1][int(np.argmax(between))])
-
+def test_equal_bins_count_as_numpys_histogram_does():
+    """otsu_threshold's histogram is counted with bincount; numpy's own histogram is the oracle."""
     rng = np.random.default_rng(0)
     for _ in range(3000):  # locate's case: a small similarity map upsampled to the working grid
         coarse = rng.normal(size=(10, 10)).astype(np.float32) * rng.uniform(0.01, 1)
         fine = dense.upsample(coarse, int(rng.integers(20, 129)), int(rng.integers(20, 129)))
-        assert dense.otsu_threshold(fine) == with_np_histogram(fine)
+        values = fine.astype(np.float64).ravel()
+        counts, edges = dense.equal_bins(values, values.min(), values.max(), 256)
+        expected_counts, expected_edges = np.histogram(values, bins=256)
+        assert np.array_equal(counts, expected_counts) and np.array_equal(edges, expected_edges)
