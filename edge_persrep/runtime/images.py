@@ -126,9 +126,73 @@ def refuse_duplicates(paths: Iterable[str | os.PathLike]) -> None:
 
 
 def resize_to_input(image: Image.Image, size: int) -> np.ndarray:
-    """The runtime's only resize: the whole image stretched to size x size (nothing cropped, so a
-    box on the model's grid maps back to the photo by scaling x and y). Returns uint8 HWC RGB."""
-    return np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.uint8)
+    """The runtime's only resize of a photo: the whole image stretched to size x size (nothing
+    cropped, so a box on the model's grid maps back to the photo by scaling x and y), bicubic,
+    with `resample`'s fixed pass order, on the runtime's threads. Returns uint8 HWC RGB."""
+    workers = resize_workers(max(image.width * image.height, size * size))
+    return np.asarray(resample(image, size, size, Image.BICUBIC, workers), dtype=np.uint8)
+
+
+def resample(image: Image.Image, width: int, height: int, kind: int, workers: int = 1) -> Image.Image:
+    """Pillow's resampling filter `kind`, as two explicit passes: along x, then along y.
+
+    One `Image.resize` call is not the same everywhere: Pillow 13 runs the y pass first when the
+    height shrinks more than twice as much as the width (a portrait video frame, 1080x1920), and
+    the pass order moves pixels by a few levels, so the model's input would depend on the
+    installed Pillow and differ from the browser port's (examples/web, x first, as Pillow < 13
+    always did). A one-axis resize has one pass and no order, so these two calls give the same
+    pixels under every Pillow. With `workers` > 1 each pass is cut into that many bands, run on
+    threads (Pillow releases the GIL while it resamples): a row of the x pass and a column of the
+    y pass depend on no other row or column, so the bands give the same pixels as one call."""
+    if image.size == (width, height):
+        return image.copy()
+    if image.width != width:
+        image = _pass_in_bands(image, (width, image.height), kind, workers, along_x=True)
+    if image.height != height:
+        image = _pass_in_bands(image, (width, height), kind, workers, along_x=False)
+    return image
+
+
+BAND_MIN_PIXELS = 65_536  # below this a photo is resized on one thread: the hand-offs cost more than they save
+_band_pool = None  # threads that run the bands, made on first use
+
+
+def resize_workers(pixels: int) -> int:
+    """Threads for a resize whose larger side (input or output) has `pixels` pixels: the runtime's
+    thread count (threads.set_threads, else one per core), one for small images."""
+    from .threads import threads
+
+    if pixels < BAND_MIN_PIXELS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return threads() or cores
+
+
+def _pass_in_bands(image: Image.Image, size: tuple[int, int], kind: int, workers: int, along_x: bool) -> Image.Image:
+    """One pass of `resample` (along x: rows in bands; along y: columns in bands)."""
+    length = image.height if along_x else image.width
+    parts = max(1, min(workers, length))
+    if parts == 1:
+        return image.resize(size, kind)
+    cuts = [length * k // parts for k in range(parts + 1)]
+
+    def band(k: int) -> Image.Image:
+        a, b = cuts[k], cuts[k + 1]
+        if along_x:
+            return image.crop((0, a, image.width, b)).resize((size[0], b - a), kind)
+        return image.crop((a, 0, b, image.height)).resize((b - a, size[1]), kind)
+
+    global _band_pool
+    if _band_pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _band_pool = ThreadPoolExecutor(thread_name_prefix="edge-persrep-resize")
+    others = [_band_pool.submit(band, k) for k in range(1, parts)]
+    bands = [band(0)] + [f.result() for f in others]  # the calling thread does the first band
+    out = Image.new(image.mode, size)
+    for k, piece in enumerate(bands):
+        out.paste(piece, (0, cuts[k]) if along_x else (cuts[k], 0))
+    return out
 
 
 def input_batch(paths: Sequence[str | os.PathLike], size: int) -> np.ndarray:

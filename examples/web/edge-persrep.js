@@ -192,8 +192,9 @@ function pass(src, width, height, channels, outSize, horizontal, filter, fixed) 
   return out;
 }
 
-// Pillow's Image.resize for an 8-bit (`fixed`) or float image; Pillow restricts the horizontal pass to
-// the rows the vertical one reads, which changes nothing in the result.
+// The runtime's resize (runtime/images.py: resample) of an 8-bit (`fixed`) or float image: x pass, then
+// y pass, as Pillow < 13 always did (Pillow 13 runs y first for tall photos; the runtime fixes the order).
+// Pillow restricts the horizontal pass to the rows the vertical one reads, which changes nothing.
 export function resize(src, width, height, channels, outW, outH, filter, fixed) {
   if (width === outW && height === outH) return src;
   let data = src, w = width;
