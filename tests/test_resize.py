@@ -73,3 +73,16 @@ def test_the_browser_port_resizes_to_the_same_pixels(tmp_path, kind, name):
         got = np.frombuffer((tmp_path / f"{k}.rgb.out").read_bytes(), np.uint8).reshape(size, size, 3)
         expected = np.asarray(resample(_photo(width, height, seed=k), size, size, kind, workers=2))
         assert np.array_equal(got, expected), (width, height, size, np.abs(got.astype(int) - expected).max())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_forked_child_still_resizes_in_bands():
+    """A process forked after a resize (multiprocessing, DataLoader workers) has no pool threads;
+    its resize must make its own, not wait forever on its parent's."""
+    import multiprocessing
+
+    photo = _photo(640, 480, seed=1)
+    expected = resize_to_input(photo, 320)  # the parent's pool now exists
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(resize_to_input, (photo, 320)).get(timeout=60)
+    assert np.array_equal(got, expected)

@@ -157,6 +157,17 @@ BAND_MIN_PIXELS = 65_536  # below this a photo is resized on one thread: the han
 _band_pool = None  # threads that run the bands, made on first use
 
 
+def _forget_band_pool() -> None:
+    """In a forked child the pool's threads do not exist, yet the pool would think them idle and
+    wait on them forever: the child makes its own on first use."""
+    global _band_pool
+    _band_pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_band_pool)
+
+
 def resize_workers(pixels: int) -> int:
     """Threads for a resize whose larger side (input or output) has `pixels` pixels: the runtime's
     thread count (threads.set_threads, else one per core), one for small images."""
