@@ -41,7 +41,8 @@ def time_ways(photo: Image.Image, size: int, loops: int, warmup: int = 5) -> dic
     times: dict[str, list[float]] = {k: [] for k in ways}
     names = list(ways)
     for i in range(warmup + loops):
-        for name in names[i % 3:] + names[:i % 3]:  # each way first in a third of the iterations
+        turn = i % len(names)
+        for name in names[turn:] + names[:turn]:  # each way goes first in turn
             way = ways[name]
             start = time.perf_counter()
             way()

@@ -2,6 +2,7 @@
 the browser port (examples/web/edge-persrep.js) does."""
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -75,7 +76,7 @@ def test_the_browser_port_resizes_to_the_same_pixels(tmp_path, kind, name):
         assert np.array_equal(got, expected), (width, height, size, np.abs(got.astype(int) - expected).max())
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_a_forked_child_still_resizes_in_bands():
     """A process forked after a resize (multiprocessing, DataLoader workers) has no pool threads;
     its resize must make its own, not wait forever on its parent's."""

@@ -169,14 +169,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def resize_workers(pixels: int) -> int:
-    """Threads for a resize whose larger side (input or output) has `pixels` pixels: the runtime's
+    """Threads for a resize whose larger image (input or output) has `pixels` pixels: the runtime's
     thread count (threads.set_threads, else one per core), one for small images."""
-    from .threads import threads
+    from .threads import threads_or_cores
 
-    if pixels < BAND_MIN_PIXELS:
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return threads() or cores
+    return 1 if pixels < BAND_MIN_PIXELS else threads_or_cores()
 
 
 def _pass_in_bands(image: Image.Image, size: tuple[int, int], kind: int, workers: int, along_x: bool) -> Image.Image:

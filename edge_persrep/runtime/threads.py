@@ -53,6 +53,11 @@ def threads() -> int | None:
     return _threads
 
 
+def threads_or_cores() -> int:
+    """The thread count set by set_threads, else one per core this process may run on."""
+    return _threads or len(_usable_cpus())
+
+
 def settings() -> dict:
     """What a run records about its threads (for run.json and benchmarks)."""
     torch = sys.modules.get("torch")
