@@ -9,7 +9,7 @@ import pytest
 from conftest import paste_scene
 
 from edge_persrep.runtime import EdgePersrepError, Finder, PrototypeStore, StoreError, dense, list_images, load_image
-from edge_persrep.runtime.finder import claimed_places, one_claim_per_place
+from edge_persrep.runtime.finder import ImageFeatures, claimed_places, one_claim_per_place
 from edge_persrep.runtime.metrics import box_iou
 
 
@@ -297,15 +297,16 @@ def test_a_port_written_from_the_format_doc_gets_the_runtimes_scores_and_decisio
         cells = [(x0, y, x0 + kw, y + kh) for kh, kw in sizes for y in range(h - kh + 1) for x0 in range(w - kw + 1)]
         windows = np.stack([grid[y0:y1, x0:x1].reshape(-1, c).mean(axis=0) for x0, y0, x1, y1 in cells])
         windows /= np.linalg.norm(windows, axis=1, keepdims=True)
-        scores, over, boxes = [], [], []
+        scores, over, boxes, window_scores, best = [], [], [], [], []
         for i, obj in enumerate(meta["objects"]):
             over_k = np.mean if obj["scoring"] == "mean" else np.max  # over the object's references
             g = float(over_k(tensors[f"o{i}.embeddings"] @ e))
-            window_scores = over_k(windows @ tensors[f"o{i}.box_features"].T, axis=1)
-            r = float(window_scores.max())
+            window_scores.append(over_k(windows @ tensors[f"o{i}.box_features"].T, axis=1))
+            r = float(window_scores[-1].max())
+            best.append(int(np.argmax(window_scores[-1])))
             scores.append(g if obj["scoring"] == "global" else max(g, r))
             over.append(scores[-1] >= obj["threshold"])
-            boxes.append(cells[int(np.argmax(window_scores))] if r > g and obj["scoring"] != "global" else (0, 0, w, h))
+            boxes.append(cells[best[-1]] if r > g and obj["scoring"] != "global" else (0, 0, w, h))
 
         def area(b):
             return (b[2] - b[0]) * (b[3] - b[1])
@@ -315,7 +316,10 @@ def test_a_port_written_from_the_format_doc_gets_the_runtimes_scores_and_decisio
             return inter >= 0.5 * min(area(a), area(b))
         expected = runtime.classify(runtime.embed([path])[0])
         for i, obj in enumerate(meta["objects"]):
-            rival = any(over[k] and meta["objects"][k]["category"] == obj["category"] and same_place(boxes[i], boxes[k])
+            def claims(k):  # k claims i's place: they overlap, or k scores at least i's score in i's region box
+                return same_place(boxes[i], boxes[k]) or (meta["objects"][k]["scoring"] != "global"
+                                                          and window_scores[k][best[i]] >= scores[i])
+            rival = any(over[k] and meta["objects"][k]["category"] == obj["category"] and claims(k)
                         and (scores[k] > scores[i] or (scores[k] == scores[i] and k < i))
                         for k in range(len(scores)) if k != i)
             withdrawn += bool(over[i] and rival)
@@ -369,6 +373,43 @@ def test_the_bundles_scorer_graph_gives_the_runtimes_scores_boxes_and_maps(finde
     assert outscored == {True, False}  # and the look-alike rule both withdrew and kept a `present`
 
 
+def test_the_score_at_the_place_decides_alike_in_finder_and_scorer_graph(finder):
+    """A frame whose best windows for two look-alikes lie apart, where only "the better one scores
+    higher in the other's window too" withdraws one (no real photo of the scorer test above has such
+    a frame). Patch features: the left half is u, the right half 0.8 u + 0.6 v; cat A is u, cat B
+    is v, the global embedding matches neither. A scores 1.0 (left), B 0.6 (right); in B's window
+    A scores 0.8, so the right half is A too and B is withdrawn, in Finder and in scorer.onnx alike."""
+    import onnxruntime as ort
+
+    from edge_persrep.runtime import Prototype
+
+    store = PrototypeStore(finder.store.model_sha256, finder.store.embedding_dim, finder.store.grid_dim)
+    d, c = store.embedding_dim, store.grid_dim
+    u, v, z = np.eye(c, dtype=np.float32)[:3]
+    grid = np.tile(u, (10, 10, 1))
+    grid[:, 5:] = 0.8 * u + 0.6 * v
+    embedding = np.eye(d, dtype=np.float32)[3]
+    for name, feature in (("cat_a", u), ("cat_b", v)):
+        store.add(Prototype(name, "cat", np.eye(d, dtype=np.float32)[None, 4], z[None], feature[None], 0.5))
+    cats = Finder(finder.bundle, store)
+    a, b = cats.classify(ImageFeatures(embedding, grid, 320, 320))
+    assert (a.score, b.score) == pytest.approx((1.0, 0.6), abs=1e-5)
+    assert a.present and not b.present and b.outscored_by == "cat_a"
+    # the places alone would keep both: A's best window lies in the left half, B's in the right
+    assert a.region_box[2] <= 160 <= b.region_box[0]
+    session = ort.InferenceSession(str(finder.bundle.scorer_entry[0]), providers=["CPUExecutionProvider"])
+    (present,) = session.run(["present"], {"embedding": embedding[None], "patch_grid": grid[None],
+                                           **store.scorer_inputs()})
+    assert present[0].tolist() == [True, False]
+    # the two cats side by side (left u, right v): in B's window A scores 0, so both stay
+    grid = grid.copy()  # a new frame (the Finder keeps the last frame's pooled windows)
+    grid[:, 5:] = v
+    assert [m.present for m in cats.classify(ImageFeatures(embedding, grid, 320, 320))] == [True, True]
+    (present,) = session.run(["present"], {"embedding": embedding[None], "patch_grid": grid[None],
+                                           **store.scorer_inputs()})
+    assert present[0].tolist() == [True, True]
+
+
 def test_one_place_is_at_most_one_of_the_users_look_alikes():
     """finder.one_claim_per_place by hand: windows (x0, y0, x1, y1) in grid cells."""
     whole, left, right, top_left = (0, 0, 10, 10), (0, 0, 5, 10), (5, 0, 10, 10), (0, 0, 4, 4)
@@ -386,6 +427,29 @@ def test_one_place_is_at_most_one_of_the_users_look_alikes():
     assert one_claim_per_place([0.5, 0.5], [True, True], [whole, whole], ["cat", "cat"]).tolist() == [-1, 0]
     assert one_claim_per_place([0.5, 0.6, 0.7], [True] * 3, [whole] * 3, ["dog"] * 3).tolist() == [2, 2, -1]
     assert one_claim_per_place([], [], np.zeros((0, 4)), []).tolist() == []
+
+
+def test_a_look_alike_that_scores_higher_at_my_place_takes_it():
+    """one_claim_per_place's `at_place` (at[i, k]: k's score in i's best window), by hand. One cat
+    fills the photo: the other cat's best window and the cat's lie apart (no overlap), but in the
+    other cat's window the cat scores higher still, so that window shows the cat."""
+    left, right = (0, 0, 5, 10), (5, 0, 10, 10)
+    one_cat = np.array([[0.6, 0.65],   # in object 0's window, object 1 scores 0.65 >= 0.6
+                        [0.5, 0.7]])
+    assert one_claim_per_place([0.6, 0.7], [True, True], [left, right], ["cat", "cat"],
+                               at_place=one_cat).tolist() == [1, -1]
+    # two cats in two places, each scoring lower in the other's window: both stay
+    two_cats = np.array([[0.6, 0.4], [0.3, 0.7]])
+    assert one_claim_per_place([0.6, 0.7], [True, True], [left, right], ["cat", "cat"],
+                               at_place=two_cats).tolist() == [-1, -1]
+    # only a higher overall score can take a place: 0 scores higher in 1's window, but lower overall
+    assert one_claim_per_place([0.6, 0.7], [True, True], [left, right], ["cat", "cat"],
+                               at_place=np.array([[0.6, 0.4], [0.75, 0.7]])).tolist() == [-1, -1]
+    # other categories and objects under their thresholds never compete
+    assert one_claim_per_place([0.6, 0.7], [True, True], [left, right], ["cat", "dog"],
+                               at_place=one_cat).tolist() == [-1, -1]
+    assert one_claim_per_place([0.6, 0.7], [True, False], [left, right], ["cat", "cat"],
+                               at_place=one_cat).tolist() == [-1, -1]
 
 
 def test_an_objects_place_is_where_its_score_came_from():

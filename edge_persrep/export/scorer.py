@@ -20,8 +20,9 @@ Outputs:
     global_score, region_score, score [N, J] (float32)
     present [N, J] (bool)     score >= threshold, and no object of the same category that is
                               over its threshold with a higher score claims the same place (the
-                              best window where the region score decided, else the whole frame;
-                              runtime/finder.claimed_places and one_claim_per_place)
+                              places, the best window where the region score decided, else the
+                              whole frame, overlap; or it scores at least as high in this one's
+                              best window: runtime/finder.claimed_places and one_claim_per_place)
     region_box [N, J, 4]      the best window, grid cells x0, y0, x1, y1 (exclusive), as float32
     window_scores [N, W, J]   every window against each object (its references' mean, or the best one)
     window_boxes [W, 4]       the windows, grid cells, as float32
@@ -138,8 +139,17 @@ def scorer_model(grid_height: int, grid_width: int, embedding_dim: int, grid_dim
         node("Mul", ["bw", "bh"], ["area"]), node("Transpose", ["area"], ["area_k"], perm=[0, 2, 1]),
         node("Min", ["area", "area_k"], ["smaller"]),
         node("Mul", ["smaller", "same_place_share"], ["needed"]),
-        node("GreaterOrEqual", ["intersection", "needed"], ["same_place"]),
+        node("GreaterOrEqual", ["intersection", "needed"], ["overlapping"]),
         node("Unsqueeze", ["score", "last_axis"], ["score_i"]),  # [N, J, 1]
+        # or k scores at least i's score at i's place: at_place[n, i, k] = window_scores[n, best_window[n, i], k]
+        node("Unsqueeze", ["best_window", "last_axis"], ["best_window_i"]),  # [N, J, 1]
+        node("Shape", ["intersection"], ["pairs_shape"]),
+        node("Expand", ["best_window_i", "pairs_shape"], ["best_window_ik"]),  # [N, J, J]
+        node("GatherElements", ["window_scores", "best_window_ik"], ["window_at_place"], axis=1),
+        node("Neg", ["big"], ["minus_big"]),
+        node("Where", ["region_used", "window_at_place", "minus_big"], ["at_place"]),  # global-only k: none
+        node("GreaterOrEqual", ["at_place", "score_i"], ["claims_by_score"]),
+        node("Or", ["overlapping", "claims_by_score"], ["same_place"]),
         node("Unsqueeze", ["score", "second_axis"], ["score_k"]),  # [N, 1, J]
         node("Greater", ["score_k", "score_i"], ["higher"]),
         node("Equal", ["score_k", "score_i"], ["tied"]),

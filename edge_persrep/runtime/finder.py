@@ -14,8 +14,9 @@ score with a threshold calibrated at enrolment on the same kind of scores: the r
 against the others), 2x2 and 3x3 scenes composed of a reference among negatives, the negatives
 and scenes of them. Among the user's objects of one category, a place in the frame is at most
 one of them: of two over their thresholds whose places overlap (the best window where the region
-score decided, else the whole frame), the higher score is present (one_claim_per_place; README,
-"One place, one look-alike").
+score decided, else the whole frame), or where the higher one scores at least as high in the
+other's best window, the higher score is present (one_claim_per_place; README, "One place, one
+look-alike").
 """
 
 from __future__ import annotations
@@ -204,9 +205,11 @@ class Finder:
                            for g, r, p in zip(global_scores, region_scores, objects)])
         thresholds = np.array([p.threshold for p in objects])
         present = scores >= thresholds
+        # at_place[i, k]: k's window score in i's best window (none for objects scored globally only)
+        at_place = np.where(np.array([r != "global" for r in rules])[None, :], window_scores[best_window], -np.inf)
         rival = (one_claim_per_place(scores, present, claimed_places(cells[best_window], global_scores, region_scores,
                                                                      rules, features.grid.shape[:2]),
-                                     [p.category for p in objects])
+                                     [p.category for p in objects], at_place=at_place)
                  if self.one_per_place else np.full(len(objects), -1))
         match_of = {}
         for i, p in enumerate(objects):
@@ -394,17 +397,24 @@ def claimed_places(best_windows: np.ndarray, global_scores: np.ndarray, region_s
 
 
 def one_claim_per_place(scores: np.ndarray, present: np.ndarray, windows: np.ndarray,
-                        categories: Sequence[str], overlap: float = SAME_PLACE) -> np.ndarray:
+                        categories: Sequence[str], overlap: float = SAME_PLACE,
+                        at_place: np.ndarray | None = None) -> np.ndarray:
     """Which of the user's look-alikes a place in the frame shows. For J objects' scores [J], their
     `present` at their own thresholds [J] and their places [J, 4] (claimed_places: x0, y0, x1, y1):
     for each object the index of a present object of the same category that scores higher (ties:
-    the earlier one) with a place overlapping its own (intersection >= `overlap` of the smaller
-    place), else -1. An object with such a rival is not present: the user's two cats can both be in
-    a photo, in two places, but one cat is not both of them. Every pair is judged on its own (no
+    the earlier one) and claims its place, else -1. k claims i's place when their places overlap
+    (intersection >= `overlap` of the smaller place) or, given `at_place` [J, J] (at_place[i, k]:
+    k's score at i's place, its window score in i's best window), when k scores at least i's own
+    score there: the photo fills the frame with one cat, whose best windows for the cat and for
+    the user's other cat need not overlap, yet at the other cat's window the cat still scores
+    higher. An object with such a rival is not present: the user's two cats can both be in a
+    photo, in two places, but one cat is not both of them. Every pair is judged on its own (no
     greedy order), so the result does not depend on the order objects were enrolled in."""
     present = np.asarray(present, bool)
     rival = np.full(len(present), -1)
     over = np.flatnonzero(present)  # only objects over their thresholds compete: few, however many are enrolled
+    claims_by_score = (np.zeros((len(over), len(over)), bool) if at_place is None else
+                       np.asarray(at_place, float)[np.ix_(over, over)] >= np.asarray(scores, float)[over][:, None])
     scores, windows = np.asarray(scores, float)[over], np.asarray(windows, float).reshape(-1, 4)[over]
     x0 = np.maximum(windows[:, None, 0], windows[None, :, 0])
     y0 = np.maximum(windows[:, None, 1], windows[None, :, 1])
@@ -412,7 +422,7 @@ def one_claim_per_place(scores: np.ndarray, present: np.ndarray, windows: np.nda
     y1 = np.minimum(windows[:, None, 3], windows[None, :, 3])
     intersection = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
     area = (windows[:, 2] - windows[:, 0]) * (windows[:, 3] - windows[:, 1])
-    same_place = intersection >= overlap * np.minimum(area[:, None], area[None, :])
+    same_place = (intersection >= overlap * np.minimum(area[:, None], area[None, :])) | claims_by_score
     beats = (scores[None, :] > scores[:, None]) | ((scores[None, :] == scores[:, None])
                                                    & (over[None, :] < over[:, None]))
     kin = np.array([categories[i] for i in over])
