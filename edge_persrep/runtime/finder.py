@@ -50,6 +50,10 @@ SAME_PLACE = 0.5  # two places (claimed_places) are one when their overlap cover
 
 @dataclass
 class ImageFeatures:
+    """One photo's model outputs. Treat them as read-only: the Finder keeps the last photo's pooled
+    windows, recognised by the grid array's identity, so a grid changed in place would be scored
+    with the windows of what it held before; a new frame needs new arrays (as `embed` makes)."""
+
     embedding: np.ndarray  # [D], unit norm
     grid: np.ndarray  # [h, w, C], each patch unit norm
     width: int  # of the original photo, for mapping boxes back
