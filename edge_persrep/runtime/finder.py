@@ -409,11 +409,11 @@ def one_claim_per_place(scores: np.ndarray, present: np.ndarray, windows: np.nda
     the earlier one) and claims its place, else -1. k claims i's place when their places overlap
     (intersection >= `overlap` of the smaller place) or, given `at_place` [J, J] (at_place[i, k]:
     k's score at i's place, its window score in i's best window), when k scores at least i's own
-    score there: the photo fills the frame with one cat, whose best windows for the cat and for
-    the user's other cat need not overlap, yet at the other cat's window the cat still scores
-    higher. An object with such a rival is not present: the user's two cats can both be in a
-    photo, in two places, but one cat is not both of them. Every pair is judged on its own (no
-    greedy order), so the result does not depend on the order objects were enrolled in."""
+    score there (on a photo that is all one cat, the two cats' best windows need not overlap, yet
+    in the other cat's window this cat still scores higher). An object with such a rival is not
+    present: the user's two cats can both be in a photo, in two places, but one cat is not both of
+    them. Every pair is judged on its own (no greedy order), so the result does not depend on the
+    order objects were enrolled in."""
     present = np.asarray(present, bool)
     rival = np.full(len(present), -1)
     over = np.flatnonzero(present)  # only objects over their thresholds compete: few, however many are enrolled
