@@ -417,9 +417,9 @@ def one_claim_per_place(scores: np.ndarray, present: np.ndarray, windows: np.nda
     present = np.asarray(present, bool)
     rival = np.full(len(present), -1)
     over = np.flatnonzero(present)  # only objects over their thresholds compete: few, however many are enrolled
-    claims_by_score = (np.zeros((len(over), len(over)), bool) if at_place is None else
-                       np.asarray(at_place, float)[np.ix_(over, over)] >= np.asarray(scores, float)[over][:, None])
     scores, windows = np.asarray(scores, float)[over], np.asarray(windows, float).reshape(-1, 4)[over]
+    claims_by_score = (np.zeros((len(over), len(over)), bool) if at_place is None else
+                       np.asarray(at_place, float)[np.ix_(over, over)] >= scores[:, None])
     x0 = np.maximum(windows[:, None, 0], windows[None, :, 0])
     y0 = np.maximum(windows[:, None, 1], windows[None, :, 1])
     x1 = np.minimum(windows[:, None, 2], windows[None, :, 2])
