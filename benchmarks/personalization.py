@@ -29,6 +29,8 @@ Reported per target and model (what the user sees first):
     python benchmarks/personalization.py ... --targets dog,dog2 --seeds 0 --steps 20   (small, fast)
     ... --split validation   distractors and gallery from the *seen* identities (new photos of
                              them): for choosing a rule without looking at the unseen ones
+    ... --synth context --backgrounds other-categories   paste the target onto the seen
+                             other-category photos only (default: onto every training negative)
     ... --scoring region     enrol both models with another rule than the runtime's "mean"
                              (store.SCORING_RULES; "region": the best reference, before 2026-12-05)
 Prints tables and writes OUT/personalization.json. Personalized runs resume (one run directory per
@@ -50,6 +52,7 @@ from edge_persrep.eval.protocols import (
     disjoint_test_set,
     identity_split,
     lookalike_targets,
+    other_category_backgrounds,
     seen_negatives,
 )
 from edge_persrep.eval.target_metrics import present_metrics, retrieval_gallery, target_metrics
@@ -142,7 +145,8 @@ def write_report(args, seeds: list[int], rows: list[dict], complete: bool) -> No
     report = {"protocol": {"name": "identity-disjoint", "seed": PROTOCOL_SEED, "refs_per_target": 3,
                            "split": args.split},
               "scoring": args.scoring,
-              "calibrate_on": args.calibrate_on, "enrol_on": args.enrol_on, "synth": args.synth, "preset": args.preset,
+              "calibrate_on": args.calibrate_on, "enrol_on": args.enrol_on, "synth": args.synth,
+              "backgrounds": args.backgrounds, "preset": args.preset,
               "train_precision": args.train_precision,
               "steps": args.steps, "seeds": seeds, "complete": complete,
               "targets": rows, "mean": summarize(rows, seeds)}
@@ -163,6 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--enrol-on", default="run", choices=["run", "unused-photos"],
                     help="what both models' enrolment calibrates on: the run's own choice (the negatives folder, "
                          "or --calibrate-on's held-out part), or the seen identities' photos training did not use")
+    ap.add_argument("--backgrounds", default="negatives", choices=["negatives", "other-categories"],
+                    help="what cutpaste / context paste onto: every training negative (personalize's default), "
+                         "or the seen negatives of other categories only (no look-alike under a pasted positive)")
     args = ap.parse_args(argv)
     runs_folder = resolve_training_options(args)
 
@@ -182,6 +189,8 @@ def main(argv=None) -> int:
         test = disjoint_test_set(subjects, shown)
         negatives = seen_negatives(subjects, split, args.out / "negatives" / target)
         seen_photos = sorted(negatives.iterdir())
+        backgrounds = (other_category_backgrounds(subjects, split, args.out / "backgrounds" / target)
+                       if args.backgrounds == "other-categories" else None)
         unused = unused_photos(subjects, split, target) if args.enrol_on == "unused-photos" else None
         row = {"target": target, "category": s.category, "seen": len(split.seen), "unseen": len(split.unseen),
                "note": split.note,
@@ -190,7 +199,7 @@ def main(argv=None) -> int:
         for seed in seeds:
             bundle = personalize(PersonalizeRequest(
                 s.photos[:3], target, s.category, args.out / "runs" / runs_folder / f"{target}-seed{seed}",
-                negatives=[negatives], synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
+                negatives=[negatives], backgrounds=backgrounds, synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
                 device="cpu", calibrate_on=args.calibrate_on, train_precision=args.train_precision))
             run = RunDir(bundle.parent)
             row["personalize_seconds"][str(seed)] = run.recorded_seconds()  # a resumed run: what it cost then

@@ -116,3 +116,15 @@ def test_a_group_of_the_users_things_is_split_like_one_target_and_every_member_i
         assert "one category" in str(exc)
     else:
         raise AssertionError("a group of two categories was accepted")
+
+
+def test_other_category_backgrounds_show_no_look_alike_and_nothing_the_negatives_lack(tmp_path):
+    from edge_persrep.eval.protocols import identity_split, other_category_backgrounds, seen_negatives
+
+    subjects = _dataset(tmp_path / "data")
+    split = identity_split(subjects, "a")
+    negatives = {p.name for p in seen_negatives(subjects, split, tmp_path / "negatives").iterdir()}
+    backgrounds = {p.name for p in other_category_backgrounds(subjects, split, tmp_path / "backgrounds").iterdir()}
+    owners = {name.rsplit("_", 1)[0] for name in backgrounds}
+    assert backgrounds and backgrounds <= negatives  # the same photos training already sees
+    assert owners == {n for n in split.seen if CATEGORY[n] != "dog"}  # every seen other-category subject, no dog

@@ -200,6 +200,14 @@ def seen_negatives(subjects: dict[str, Subject], split: IdentitySplit, folder: P
                                     for n in split.seen})
 
 
+def other_category_backgrounds(subjects: dict[str, Subject], split: IdentitySplit, folder: Path) -> Path:
+    """Backgrounds for pasting the target onto (`personalize --backgrounds`): the photos of
+    `seen_negatives` whose subjects are of another category than the target's, so that no pasted
+    positive shows a look-alike (and nothing is used that the negatives do not already hold)."""
+    category = subjects[split.targets[0]].category
+    return write_negatives(folder, {n: subjects[n].photos[:1] for n in split.seen if subjects[n].category != category})
+
+
 def write_negatives(folder: Path, photos: dict[str, Sequence[Path]]) -> Path:
     """A `--negatives` folder: each subject's photos copied as NAME_photo (how `personalize` knows
     their identities), made complete or not at all."""
