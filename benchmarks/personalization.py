@@ -199,7 +199,8 @@ def main(argv=None) -> int:
         for seed in seeds:
             bundle = personalize(PersonalizeRequest(
                 s.photos[:3], target, s.category, args.out / "runs" / runs_folder / f"{target}-seed{seed}",
-                negatives=[negatives], backgrounds=backgrounds, synth_method=args.synth, preset=args.preset, steps=args.steps, seed=seed,
+                negatives=[negatives], backgrounds=backgrounds, synth_method=args.synth, preset=args.preset,
+                steps=args.steps, seed=seed,
                 device="cpu", calibrate_on=args.calibrate_on, train_precision=args.train_precision))
             run = RunDir(bundle.parent)
             row["personalize_seconds"][str(seed)] = run.recorded_seconds()  # a resumed run: what it cost then

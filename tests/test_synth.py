@@ -118,6 +118,30 @@ def test_context_alternates_photos_and_the_object_small_on_the_negatives(example
         synth.generate("context", _request(examples, tmp_path / "no-masks"))
 
 
+def test_occlude_covers_part_of_every_other_augmented_photo_and_nothing_else(examples, tmp_path):
+    from edge_persrep.server_side.synth.occlude import OCCLUDED_AREA
+
+    negatives = list_images([examples / "negatives"])
+    result = synth.generate("occlude", _request(examples, tmp_path / "occ", backgrounds=negatives))
+    plain = synth.generate("augment", _request(examples, tmp_path / "aug"))
+    entries = json.loads(result.manifest.read_text())["images"]
+    assert [e["kind"] for e in entries] == ["photo", "occluded"] * 3
+    assert [e["source"] for e in entries] == ["00.jpg", "00.jpg", "01.jpg", "01.jpg", "02.jpg", "02.jpg"]
+    areas = []
+    for entry, path in zip(entries[1::2], result.positives[1::2]):
+        x0, y0, x1, y1 = entry["occluder"]
+        assert 0 <= x0 < x1 <= 256 and 0 <= y0 < y1 <= 256
+        areas.append((x1 - x0) * (y1 - y0) / 256**2)
+        image = np.asarray(Image.open(path), np.float32)
+        cover = image[y0 + 2:y1 - 2, x0 + 2:x1 - 2]
+        # a smooth colour field: neighbouring pixels differ by a few levels (a photo's edges by far more)
+        assert np.abs(np.diff(cover, axis=1)).mean() < 3, entry
+    assert all(OCCLUDED_AREA[0] * 0.9 <= a <= OCCLUDED_AREA[1] * 1.1 for a in areas)
+    # the photos under the covers are augment's own augmentations, drawn the same way
+    unoccluded = np.asarray(Image.open(result.positives[0]), np.float32)
+    assert np.abs(unoccluded - np.asarray(Image.open(plain.positives[0]), np.float32)).max() == 0
+
+
 def test_found_masks_cover_the_object(examples, tmp_path):
     """Oracle: the dog pasted at a known box on a background photo; the negatives are the
     backgrounds alone. Foreground discovery must cover the dog's box and mark mostly it: the box is

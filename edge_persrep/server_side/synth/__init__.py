@@ -1,6 +1,6 @@
 """Synthetic training data. Each generator: `generate(SynthRequest) -> SynthResult`.
 
-augment, cutpaste and context need only the photos (cutpaste: and masks; context finds its own);
+augment, cutpaste, context and occlude need only the photos (cutpaste: and masks; context finds its own);
 dreambooth, masked-dreambooth and combined run Stable Diffusion (`personalized_generation`), imported
 only when asked for.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ...runtime.errors import EdgePersrepError
-from . import augment, context, cutpaste
+from . import augment, context, cutpaste, occlude
 from .base import (
     DIFFUSION_METHODS,
     METHODS_FINDING_MASKS,
@@ -36,6 +36,7 @@ GENERATORS: dict[str, Callable[[SynthRequest], SynthResult]] = {
     "augment": augment.generate,
     "cutpaste": cutpaste.generate,
     "context": context.generate,
+    "occlude": occlude.generate,
     **{m: _diffusion(m) for m in DIFFUSION_METHODS},
 }
 
