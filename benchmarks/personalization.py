@@ -31,6 +31,7 @@ Reported per target and model (what the user sees first):
                              them): for choosing a rule without looking at the unseen ones
     ... --synth context --backgrounds other-categories   paste the target onto the seen
                              other-category photos only (default: onto every training negative)
+    ... --positives 192      another number of synthetic positives than the preset's
     ... --scoring region     enrol both models with another rule than the runtime's "mean"
                              (store.SCORING_RULES; "region": the best reference, before 2026-12-05)
 Prints tables and writes OUT/personalization.json. Personalized runs resume (one run directory per
@@ -148,7 +149,7 @@ def write_report(args, seeds: list[int], rows: list[dict], complete: bool) -> No
               "calibrate_on": args.calibrate_on, "enrol_on": args.enrol_on, "synth": args.synth,
               "backgrounds": args.backgrounds, "preset": args.preset,
               "train_precision": args.train_precision,
-              "steps": args.steps, "seeds": seeds, "complete": complete,
+              "steps": args.steps, "positives": args.positives, "seeds": seeds, "complete": complete,
               "targets": rows, "mean": summarize(rows, seeds)}
     atomic_write_json(args.out / "personalization.json", report)
 
@@ -159,6 +160,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/bench-personalization"))
     ap.add_argument("--targets", help="comma-separated subjects (default: every one with a same-category look-alike)")
     add_training_options(ap)  # runs go to OUT/runs/SYNTH-PRECISION-NSTEPS
+    ap.add_argument("--positives", type=int, help="override the preset's number of synthetic positives")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds of the personalized model ('' = pretrained only)")
     ap.add_argument("--calibrate-on", default="training", help="personalize --calibrate-on: training | held-out")
     ap.add_argument("--split", default="test", choices=["test", "validation"],
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
             bundle = personalize(PersonalizeRequest(
                 s.photos[:3], target, s.category, args.out / "runs" / runs_folder / f"{target}-seed{seed}",
                 negatives=[negatives], backgrounds=backgrounds, synth_method=args.synth, preset=args.preset,
-                steps=args.steps, seed=seed,
+                steps=args.steps, positives=args.positives, seed=seed,
                 device="cpu", calibrate_on=args.calibrate_on, train_precision=args.train_precision))
             run = RunDir(bundle.parent)
             row["personalize_seconds"][str(seed)] = run.recorded_seconds()  # a resumed run: what it cost then

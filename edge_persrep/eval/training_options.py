@@ -20,9 +20,11 @@ def add_training_options(ap: argparse.ArgumentParser) -> None:
 
 def resolve_training_options(args: argparse.Namespace) -> str:
     """Resolve `--train-precision auto` to what this machine trains in (args.train_precision then
-    says what ran, for the report) and return the runs' label SYNTH-PRECISION-NSTEPS."""
+    says what ran, for the report) and return the runs' label SYNTH-PRECISION-NSTEPS (-NPOSITIVES when given)."""
     from ..server_side.contrastive import get_preset, resolve_precision
 
     preset = get_preset(args.preset)
     args.train_precision = resolve_precision(args.train_precision, "cpu", preset.cache_trunk)
-    return f"{args.synth}-{args.train_precision}-{args.steps or preset.steps}steps"
+    label = f"{args.synth}-{args.train_precision}-{args.steps or preset.steps}steps"
+    positives = getattr(args, "positives", None)  # benchmarks/personalization.py's option
+    return label if positives is None else f"{label}-{positives}positives"
