@@ -118,7 +118,7 @@ def test_context_alternates_photos_and_the_object_small_on_the_negatives(example
         synth.generate("context", _request(examples, tmp_path / "no-masks"))
 
 
-def test_occlude_covers_part_of_every_other_augmented_photo_and_nothing_else(examples, tmp_path):
+def test_occlude_covers_part_of_every_other_augmented_photo_with_a_colour_field_not_a_negative(examples, tmp_path):
     from edge_persrep.server_side.synth.occlude import OCCLUDED_AREA
 
     negatives = list_images([examples / "negatives"])
