@@ -140,6 +140,11 @@ def test_occlude_covers_part_of_every_other_augmented_photo_with_a_colour_field_
     # the photos under the covers are augment's own augmentations, drawn the same way
     unoccluded = np.asarray(Image.open(result.positives[0]), np.float32)
     assert np.abs(unoccluded - np.asarray(Image.open(plain.positives[0]), np.float32)).max() == 0
+    # every negative once more, covered the same way: the cover is no cue for "positive"
+    made = json.loads((tmp_path / "occ" / "negatives.json").read_text())["images"]
+    assert len(result.negatives) == len(negatives) and [e["source"] for e in made] == [p.name for p in negatives]
+    assert all(e["kind"] == "occluded" and len(e["occluder"]) == 4 for e in made)
+    assert not synth.generate("occlude", _request(examples, tmp_path / "none")).negatives  # no backgrounds, none
 
 
 def test_found_masks_cover_the_object(examples, tmp_path):

@@ -5,10 +5,16 @@ are the same augmentation with a rectangle covered: random erasing (Zhong et al.
 its usual area (2-33% of the image) and aspect (0.3-3.3). The cover is a smooth random colour
 field, never a patch of a negative photo: content of a look-alike (or of any negative) inside a
 positive would teach it as part of the object. No mask is needed.
+
+The negatives get the same: each training negative (the request's backgrounds, which `personalize`
+fills with them) once more, augmented and covered the same way, as a generated negative. Without
+them the cover itself is a cue for "positive": measured on the validation split, other
+subjects' occluded photos were called present 4x as often (0.25 against 0.06).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -56,4 +62,17 @@ def generate(request: SynthRequest) -> SynthResult:
         image, box = occluded(image, rng)
         return image, {**params, "kind": "occluded", **box}
 
-    return run_generator(request, "occlude", make_one)
+    positives = run_generator(request, "occlude", make_one)
+    if not request.backgrounds:
+        return positives
+    negatives = [load_image(p) for p in request.backgrounds]
+
+    def make_negative(_rng: random.Random, index: int):
+        rng = random.Random(f"{request.seed}:negative:{index}")  # not the positives' draws
+        image, params = paper_augment(negatives[index], rng, request.size)
+        image, box = occluded(image, rng)
+        return image, {"source": request.backgrounds[index].name, **params, "kind": "occluded", **box}
+
+    made = run_generator(dataclasses.replace(request, count=len(negatives)), "occlude", make_negative,
+                         subdir="negatives", manifest_name="negatives.json")
+    return dataclasses.replace(positives, negatives=made.positives)
