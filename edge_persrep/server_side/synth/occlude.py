@@ -6,10 +6,11 @@ its usual area (2-33% of the image) and aspect (0.3-3.3). The cover is a smooth 
 field, never a patch of a negative photo: content of a look-alike (or of any negative) inside a
 positive would teach it as part of the object. No mask is needed.
 
-The negatives get the same: each training negative (the request's backgrounds, which `personalize`
-fills with them) once more, augmented and covered the same way, as a generated negative. Without
-them the cover itself is a cue for "positive": measured on the validation split, other
-subjects' occluded photos were called present 4x as often (0.25 against 0.06).
+The negatives get the same: each of the request's backgrounds (`personalize` passes the training
+negatives, or `--backgrounds` when given) once more, augmented and covered the same way, as a
+generated negative. Without them the cover itself is a cue for "positive": measured on the
+validation split, other subjects' occluded photos were called present 4x as often (0.25 against
+0.06).
 """
 
 from __future__ import annotations
