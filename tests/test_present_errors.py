@@ -33,3 +33,16 @@ def test_kinds_of_older_reports_follow_the_protocols_order():
     assert present_errors.kinds_of(scores)[:7] == list(present_errors.SCENE_KINDS) + ["photo"]
     with pytest.raises(SystemExit):
         present_errors.kinds_of({"labels": [True] * 5})
+
+
+def test_threshold_rules_place_the_cut_from_calibration_scores_as_stated():
+    # calibration: positives mean 0.7, negatives mean 0.3, both sd 0.1; the runtime's cut is 0.5
+    r = _result([0.9, 0.45, 0.5, 0.1], [True, True, False, False], 0.5)
+    r["scores"].update(calibration_positives=[0.8, 0.6], calibration_negatives=[0.2, 0.4])
+    rules = present_errors.threshold_rules()
+    p, n = [present_errors.np.array(r["scores"][k]) for k in ("calibration_positives", "calibration_negatives")]
+    assert rules["mean mix 0.7"](p, n) == pytest.approx(0.42)  # 0.7 x 0.3 + 0.3 x 0.7
+    assert rules["equal z"](p, n) == pytest.approx(0.5)  # equal spreads: the midpoint of the means
+    # at 0.42 the target's weak view (0.45) is found and the other's 0.5 still passes: 0.5 -> 0.75
+    assert present_errors.under_rule([r], rules["mean mix 0.7"]) == (pytest.approx(0.75), 1, 0)
+    assert present_errors.under_rule([r], rules["equal z"]) == (pytest.approx(0.5), 0, 0)
