@@ -107,9 +107,10 @@ def main(argv=None) -> int:
         for k, (hit, false) in kinds.items():
             print(f"| {k} | {hit:.3f} | {false:.3f} |")
         print("threshold shift -> mean present bAcc: " + ", ".join(f"{s:+.2f}: {v:.3f}" for s, v in shifts.items()))
-        rules = out[model].get("threshold_rules", {})
-        print(f"threshold rule -> mean present bAcc (results better / worse): calibrated {shifts[0.0]:.3f}, "
-              + ", ".join(f"{name} {v:.3f} ({up} / {down})" for name, (v, up, down) in rules.items()))
+        rules = out[model].get("threshold_rules")
+        if rules:
+            print(f"threshold rule -> mean present bAcc (results better / worse): calibrated {shifts[0.0]:.3f}, "
+                  + ", ".join(f"{name} {v:.3f} ({up} / {down})" for name, (v, up, down) in rules.items()))
     out_path = args.out or args.report.with_name("present_errors.json")
     atomic_write_json(out_path, {"report": str(args.report), **out})
     print(f"wrote {out_path}")

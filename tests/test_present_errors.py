@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -40,7 +41,7 @@ def test_threshold_rules_place_the_cut_from_calibration_scores_as_stated():
     r = _result([0.9, 0.45, 0.5, 0.1], [True, True, False, False], 0.5)
     r["scores"].update(calibration_positives=[0.8, 0.6], calibration_negatives=[0.2, 0.4])
     rules = present_errors.threshold_rules()
-    p, n = [present_errors.np.array(r["scores"][k]) for k in ("calibration_positives", "calibration_negatives")]
+    p, n = [np.array(r["scores"][k]) for k in ("calibration_positives", "calibration_negatives")]
     assert rules["mean mix 0.7"](p, n) == pytest.approx(0.42)  # 0.7 x 0.3 + 0.3 x 0.7
     assert rules["equal z"](p, n) == pytest.approx(0.5)  # equal spreads: the midpoint of the means
     # at 0.42 the target's weak view (0.45) is found and the other's 0.5 still passes: 0.5 -> 0.75
