@@ -29,6 +29,12 @@ Reported per target and model (what the user sees first):
     python benchmarks/personalization.py ... --targets dog,dog2 --seeds 0 --steps 20   (small, fast)
     ... --split validation   distractors and gallery from the *seen* identities (new photos of
                              them): for choosing a rule without looking at the unseen ones
+    ... --split validation-disjoint   the seen identities halved again (protocols.validation_split):
+                             training sees one half, the distractors and gallery are the other,
+                             so the validation's look-alikes are new to the model, as the test's
+                             are (`validation` shows identities the model trained against, which
+                             favours low thresholds and pasting onto negatives); its models train
+                             against fewer look-alikes than the test's
     ... --synth context --backgrounds other-categories   paste the target onto the seen
                              other-category photos only (default: onto every training negative)
     ... --positives 192      another number of synthetic positives than the preset's
@@ -55,6 +61,7 @@ from edge_persrep.eval.protocols import (
     lookalike_targets,
     other_category_backgrounds,
     seen_negatives,
+    validation_split,
 )
 from edge_persrep.eval.target_metrics import present_metrics, retrieval_gallery, target_metrics
 from edge_persrep.eval.training_options import add_training_options, resolve_training_options
@@ -163,8 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--positives", type=int, help="override the preset's number of synthetic positives")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds of the personalized model ('' = pretrained only)")
     ap.add_argument("--calibrate-on", default="training", help="personalize --calibrate-on: training | held-out")
-    ap.add_argument("--split", default="test", choices=["test", "validation"],
-                    help="test: distractors and gallery are the unseen identities; validation: the seen ones")
+    ap.add_argument("--split", default="test", choices=["test", "validation", "validation-disjoint"],
+                    help="test: distractors and gallery are the unseen identities; validation: the seen ones; "
+                         "validation-disjoint: the seen ones halved again, half to train, half to show")
     ap.add_argument("--scoring", choices=SCORING_RULES, default="mean", help="enrolment's scoring rule, both models")
     ap.add_argument("--enrol-on", default="run", choices=["run", "unused-photos"],
                     help="what both models' enrolment calibrates on: the run's own choice (the negatives folder, "
@@ -173,7 +181,8 @@ def main(argv=None) -> int:
                     help="what cutpaste / context paste onto: every training negative (personalize's default), "
                          "or the seen negatives of other categories only (no look-alike under a pasted positive)")
     args = ap.parse_args(argv)
-    runs_folder = resolve_training_options(args)
+    suffix = "-validation-disjoint" if args.split == "validation-disjoint" else ""  # other negatives: other runs
+    runs_folder = resolve_training_options(args) + suffix
 
     subjects = load_dreambooth(args.data)
     targets = args.targets.split(",") if args.targets else lookalike_targets(subjects)
@@ -186,12 +195,12 @@ def main(argv=None) -> int:
     rows = []
     for target in targets:
         s = subjects[target]
-        split = identity_split(subjects, target)
+        split = (validation_split if args.split == "validation-disjoint" else identity_split)(subjects, target)
         shown = dataclasses.replace(split, unseen=split.seen) if args.split == "validation" else split
         test = disjoint_test_set(subjects, shown)
-        negatives = seen_negatives(subjects, split, args.out / "negatives" / target)
+        negatives = seen_negatives(subjects, split, args.out / f"negatives{suffix}" / target)
         seen_photos = sorted(negatives.iterdir())
-        backgrounds = (other_category_backgrounds(subjects, split, args.out / "backgrounds" / target)
+        backgrounds = (other_category_backgrounds(subjects, split, args.out / f"backgrounds{suffix}" / target)
                        if args.backgrounds == "other-categories" else None)
         unused = unused_photos(subjects, split, target) if args.enrol_on == "unused-photos" else None
         row = {"target": target, "category": s.category, "seen": len(split.seen), "unseen": len(split.unseen),

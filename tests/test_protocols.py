@@ -128,3 +128,19 @@ def test_other_category_backgrounds_show_no_look_alike_and_nothing_the_negatives
     owners = {name.rsplit("_", 1)[0] for name in backgrounds}
     assert backgrounds and backgrounds <= negatives  # the same photos training already sees
     assert owners == {n for n in split.seen if CATEGORY[n] != "dog"}  # every seen other-category subject, no dog
+
+
+def test_the_validation_split_holds_out_seen_look_alikes_and_never_shows_a_test_identity(tmp_path):
+    from edge_persrep.eval.protocols import disjoint_test_set, identity_split, validation_split
+
+    subjects = _dataset(tmp_path)
+    test_split, split = identity_split(subjects, "a"), validation_split(subjects, "a")
+    assert split == validation_split(subjects, "a")  # fixed seed
+    assert set(split.seen) | set(split.unseen) == set(test_split.seen)  # only the test's seen identities
+    assert not set(split.seen) & set(split.unseen)
+    (seen_dog,) = [n for n in test_split.seen if CATEGORY[n] == "dog"]
+    assert seen_dog in split.unseen and seen_dog not in split.seen  # the look-alike is new to the validation model
+    for t in disjoint_test_set(subjects, split):
+        assert not t.subjects & set(test_split.unseen) and not t.subjects & set(split.seen)
+    mug = validation_split(subjects, "e")  # the only other mug is the test's: the validation has no mug to show
+    assert not {CATEGORY[n] for n in mug.unseen} & {"mug"} and "other categories only" in mug.note

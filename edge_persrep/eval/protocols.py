@@ -123,6 +123,21 @@ def identity_split(subjects: dict[str, Subject], target: str, seed: int = PROTOC
     return group_split(subjects, target, (target,), seed)
 
 
+def validation_split(subjects: dict[str, Subject], target: str, seed: int = PROTOCOL_SEED) -> IdentitySplit:
+    """The test split's *seen* identities halved again as identity_split halves all of them: the
+    inner seen half trains and calibrates, the inner unseen half is the validation's distractors
+    and gallery. So a rule or recipe chosen on it meets look-alikes its model never trained
+    against, as the test's do, and the test's unseen identities appear nowhere. Where the test
+    split has no seen look-alike (a category of two), the validation has none either: say so."""
+    outer = identity_split(subjects, target, seed)
+    inner = identity_split({n: subjects[n] for n in (target, *outer.seen)}, target, seed)
+    category = subjects[target].category
+    if not any(subjects[n].category == category for n in inner.unseen):
+        note = f"no seen {category} to hold out: the validation's distractors are other categories only"
+        inner = IdentitySplit(inner.target, inner.seen, inner.unseen, note, inner.members)
+    return inner
+
+
 def group_split(subjects: dict[str, Subject], name: str, members: Sequence[str],
                 seed: int = PROTOCOL_SEED) -> IdentitySplit:
     """identity_split for a user's group of things of one category (e.g. their three dogs): the
