@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -133,8 +133,8 @@ def validation_split(subjects: dict[str, Subject], target: str, seed: int = PROT
     inner = identity_split({n: subjects[n] for n in (target, *outer.seen)}, target, seed)
     category = subjects[target].category
     if not any(subjects[n].category == category for n in inner.unseen):
-        note = f"no seen {category} to hold out: the validation's distractors are other categories only"
-        inner = IdentitySplit(inner.target, inner.seen, inner.unseen, note, inner.members)
+        inner = replace(inner, note=f"no seen {category} to hold out: the validation's distractors are other "
+                                    "categories only")
     return inner
 
 
