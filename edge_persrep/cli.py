@@ -79,8 +79,9 @@ def _add_personalize(sub) -> None:
     p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors or state dict)")
     p.add_argument("--synth", default=DEFAULT_SYNTH,
                    help="augment | context (augment + the object pasted small onto the negatives; masks found "
-                        "when not given) | occlude (augment, half of them partly covered: random erasing) | cutpaste | "
-                        "dreambooth | masked-dreambooth | combined | ip-adapter (the "
+                        "when not given) | context-sparse (the same, 1 positive in 8 in context) | occlude (augment, "
+                        "half of them partly covered: random erasing) | cutpaste | dreambooth | masked-dreambooth | "
+                        "combined | ip-adapter (the "
                         "last four run Stable Diffusion: a GPU machine, see --sd-model; ip-adapter trains nothing, "
                         "see --ip-adapter)")
     p.add_argument("--synth-data", type=Path, help="use a finished `edge-persrep synth` output instead of generating")

@@ -12,6 +12,7 @@ from conftest import box_masks  # noqa: E402
 
 from edge_persrep.runtime import EdgePersrepError, ImageError, list_images  # noqa: E402
 from edge_persrep.server_side import synth  # noqa: E402
+from edge_persrep.server_side.contrastive import in_context_rows  # noqa: E402
 
 
 def _request(examples, out, **kw):
@@ -116,6 +117,18 @@ def test_context_alternates_photos_and_the_object_small_on_the_negatives(example
         assert np.abs(image - background)[outside].mean() < 4  # JPEG noise only
     with pytest.raises(EdgePersrepError, match="needs object masks"):
         synth.generate("context", _request(examples, tmp_path / "no-masks"))
+
+
+def test_context_sparse_puts_one_positive_in_eight_in_context(examples, tmp_path):
+    photos = list_images([examples / "dog"])
+    masks = synth.match_masks(photos, _masks(examples, tmp_path))
+    request = _request(examples, tmp_path / "sparse", masks=masks, backgrounds=list_images([examples / "negatives"]))
+    request.count = 16
+    assert in_context_rows(16, 16 // 8, 16) == 2 and in_context_rows(16, 8, 16) == 8  # a batch's share
+    assert in_context_rows(16, 1, 96) == 1 and in_context_rows(16, 96, 96) == 8 and in_context_rows(16, 0, 96) == 0
+    entries = json.loads(synth.generate("context-sparse", request).manifest.read_text())["images"]
+    assert [e["kind"] for e in entries] == (["photo"] * 7 + ["in_context"]) * 2
+    assert [e["source"] for e in entries] == ["00.jpg"] * 8 + ["01.jpg"] * 8
 
 
 def test_occlude_covers_part_of_every_other_augmented_photo_with_a_colour_field_not_a_negative(examples, tmp_path):

@@ -262,6 +262,14 @@ class FramedViews:
         return self.cache[list(indices)], torch.from_numpy(cells)
 
 
+def in_context_rows(batch: int, in_context: int, positives: int) -> int:
+    """A batch's positives scored in context: their share of all positives, at least one if there
+    are any, at most half the batch (all in context: the whole images fill the other half)."""
+    if not in_context:
+        return 0
+    return min(max(1, round(batch * in_context / positives)), batch // 2)
+
+
 def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequence[Image.Image | Path],
           negatives: Sequence[Image.Image | Path], config: TrainConfig, out_dir: Path,
           device: str = "cpu", positive_boxes: Sequence[Box | None] | None = None,
@@ -347,7 +355,7 @@ def train(backbone: Backbone, anchors: Sequence[Image.Image], positives: Sequenc
             else:
                 row_owners = [rng.randrange(len(objects)) for _ in range(b)]
                 a = embed(anchor_views.sample([rng.choice(anchor_rows[k]) for k in row_owners]))
-            k = b // 2 if framed_views is not None else 0  # positives in context
+            k = in_context_rows(b, len(framed), counts["positives"])
             if row_owners is None:
                 p = embed(positive_views.sample([rng.randrange(len(positive_views)) for _ in range(b - k)]))
             else:

@@ -1,12 +1,14 @@
 """Synthetic training data. Each generator: `generate(SynthRequest) -> SynthResult`.
 
-augment, cutpaste, context and occlude need only the photos (cutpaste: and masks; context finds its own);
+augment, cutpaste, context (and context-sparse) and occlude need only the photos (cutpaste: and masks;
+context finds its own);
 dreambooth, masked-dreambooth and combined run Stable Diffusion (`personalized_generation`), imported
 only when asked for.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 from ...runtime.errors import EdgePersrepError
@@ -36,6 +38,7 @@ GENERATORS: dict[str, Callable[[SynthRequest], SynthResult]] = {
     "augment": augment.generate,
     "cutpaste": cutpaste.generate,
     "context": context.generate,
+    "context-sparse": partial(context.generate, name="context-sparse"),
     "occlude": occlude.generate,
     **{m: _diffusion(m) for m in DIFFUSION_METHODS},
 }

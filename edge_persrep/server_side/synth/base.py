@@ -47,7 +47,8 @@ class SynthResult:
 
 DIFFUSION_METHODS = ("dreambooth", "masked-dreambooth", "combined", "ip-adapter")  # they run Stable Diffusion
 METHODS_NEEDING_MASKS = ("cutpaste", "masked-dreambooth", "combined")
-METHODS_FINDING_MASKS = ("context",)  # without --masks, `personalize` finds them (server_side.object_masks)
+# without --masks, `personalize` finds them (server_side.object_masks)
+METHODS_FINDING_MASKS = ("context", "context-sparse")
 
 
 def load_masks(request: SynthRequest) -> list[np.ndarray]:
