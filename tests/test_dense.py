@@ -127,6 +127,25 @@ def test_foreground_patches_finds_what_references_share():
         assert (found == truth).all()
 
 
+def test_foreground_patches_does_not_take_a_backdrop_the_photos_share_for_the_object():
+    """Photos of one session: the same backdrop behind the object in every photo. Without the
+    photo's own border ring in the background bank, the backdrop is shared as much as the object."""
+    rng = np.random.default_rng(1)
+    backdrop, part = dense.l2_normalize(rng.normal(size=(2, 16)))
+    grids, expected = [], []
+    for k in range(3):
+        grid = dense.l2_normalize(backdrop + 0.05 * rng.normal(size=(8, 8, 16)))
+        y, x = 2 + k % 2, 3 - k % 2  # the object moves between photos, never to the border
+        grid[y:y + 3, x:x + 3] = dense.l2_normalize(part + 0.05 * rng.normal(size=(3, 3, 16)))
+        mask = np.zeros((8, 8), bool)
+        mask[y:y + 3, x:x + 3] = True
+        grids.append(grid)
+        expected.append(mask)
+    negatives = dense.l2_normalize(rng.normal(size=(50, 16)))  # other things: neither backdrop nor object
+    for found, truth in zip(dense.foreground_patches(grids, negatives), expected):
+        assert (found == truth).all()
+
+
 def test_decision_threshold_cases():
     from edge_persrep.runtime import decision_threshold
 

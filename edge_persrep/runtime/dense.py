@@ -249,8 +249,10 @@ def foreground_patches(grids: list[np.ndarray], negative_patches: np.ndarray | N
 
     A patch belongs to the object if it matches the *other* reference photos (the object is what
     the photos share) better than it matches the background bank: the patches of negative photos
-    and, with a single reference, that photo's own border ring. Score = match - background; the
-    cut is Otsu's, and the largest connected blob is kept. Returns one bool mask [h, w] per grid.
+    and that photo's own border ring. The ring is there because photos taken in one session share
+    their backdrop too (the cat's garden, the corgi's orange wall): without it the backdrop is
+    "what the photos share" as much as the object. Score = match - background; the cut is Otsu's
+    over the cells inside the ring, and the largest connected blob is kept. Returns one bool mask [h, w] per grid.
     """
     masks = []
     for i, grid in enumerate(grids):
@@ -261,16 +263,15 @@ def foreground_patches(grids: list[np.ndarray], negative_patches: np.ndarray | N
             match = np.mean([(flat @ o.T).max(axis=1) for o in others], axis=0)
         else:
             match = np.ones(len(flat), dtype=np.float32)
-        bank = []
+        ring = np.ones((h, w), dtype=bool)
+        ring[1:-1, 1:-1] = False
+        bank = [flat[ring.ravel()]]
         if negative_patches is not None and len(negative_patches):
             bank.append(negative_patches)
-        if not others:
-            ring = np.ones((h, w), dtype=bool)
-            ring[1:-1, 1:-1] = False
-            bank.append(flat[ring.ravel()])
-        background = (flat @ np.concatenate(bank).T).max(axis=1) if bank else 0.0
+        background = (flat @ np.concatenate(bank).T).max(axis=1)
         score = (match - background).reshape(h, w)
-        mask = largest_component(score > otsu_threshold(score))
+        inside = score[~ring] if (~ring).any() else score  # the ring matches itself: no part of the cut
+        mask = largest_component(score > otsu_threshold(inside))
         if not mask.any():
             mask = score >= score.max()
         masks.append(mask)
