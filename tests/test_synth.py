@@ -182,8 +182,10 @@ def test_found_masks_cover_the_object(examples, tmp_path):
         assert mask.shape == (384, 384)
         inside = np.zeros_like(mask)
         inside[y0:y1, x0:x1] = True
-        assert (mask & inside).sum() / mask.sum() >= 0.5  # measured 0.62-0.81: cells are 32 px, smoothed
-        assert (mask & inside).sum() / inside.sum() >= 0.85  # measured 0.91-0.92
+        assert (mask & inside).sum() / mask.sum() >= 0.5  # measured 0.62-0.92: cells are 32 px, smoothed
+        # measured 0.83-0.95: the photo's border ring counts as backdrop, so the box whose lower edge
+        # lies one cell from the photo's loses that cell (0.91-0.92 before the ring, at 0.62-0.81 above)
+        assert (mask & inside).sum() / inside.sum() >= 0.8
 
 
 def test_personalize_with_context_finds_masks_when_none_are_given(examples, tmp_path):
